@@ -1,0 +1,160 @@
+"""AnimateDiff (SD 1.5 + motion adapter) with an SD 1.5 image UNet lifting every frame."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Union
+
+import torch
+from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, UNet2DConditionModel
+
+from .common import IVMixedPipelineOutput, guided_predictor, iv_mixed_settings, per_frame_predictor, run_sampler
+
+DEFAULT_VIDEO_MODEL = "SG161222/Realistic_Vision_V5.1_noVAE"
+DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-3"
+DEFAULT_IMAGE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DDIM_SETTINGS = {"clip_sample": False, "timestep_spacing": "linspace", "steps_offset": 1}
+
+
+class IVMixedAnimateDiffPipeline(AnimateDiffPipeline):
+    """diffusers' ``AnimateDiffPipeline`` plus a registered ``image_unet`` and IV-mixed sampling.
+
+    The image UNet shares the video model's CLIP-L text encoder, so it takes the same prompt embeddings.
+    With ``iv_mixed=False`` a call is diffusers' stock AnimateDiff sampling.
+    """
+
+    model_cpu_offload_seq = "text_encoder->image_encoder->unet->image_unet->vae"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        vae,
+        text_encoder,
+        tokenizer,
+        unet,
+        motion_adapter: MotionAdapter,
+        scheduler,
+        image_unet: UNet2DConditionModel,
+        feature_extractor=None,
+        image_encoder=None,
+    ):
+        super().__init__(vae, text_encoder, tokenizer, unet, motion_adapter, scheduler, feature_extractor, image_encoder)
+        self.register_modules(image_unet=image_unet)
+
+    @classmethod
+    def from_checkpoints(
+        cls,
+        video_model: str = DEFAULT_VIDEO_MODEL,
+        motion_adapter: str = DEFAULT_MOTION_ADAPTER,
+        image_model: str = DEFAULT_IMAGE_MODEL,
+        dtype: torch.dtype = torch.float32,
+        scheduler_settings: Optional[Dict] = None,
+    ) -> "IVMixedAnimateDiffPipeline":
+        """Build the pipeline from hub ids or local folders: an SD 1.5 base, a motion adapter, an SD 1.5 image model.
+
+        The base's scheduler is replaced by DDIM over the same betas (``scheduler_settings`` override).
+        """
+        adapter = MotionAdapter.from_pretrained(motion_adapter, dtype=dtype)
+        image_unet = UNet2DConditionModel.from_pretrained(image_model, subfolder="unet", dtype=dtype)
+        pipe = cls.from_pretrained(video_model, motion_adapter=adapter, image_unet=image_unet, dtype=dtype)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **{**DDIM_SETTINGS, **(scheduler_settings or {})})
+        return pipe
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: Union[str, List[str], None] = None,
+        num_frames: int = 16,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        negative_prompt: Union[str, List[str], None] = None,
+        eta: float = 0.0,
+        generator: Union[torch.Generator, List[torch.Generator], None] = None,
+        latents: Optional[torch.Tensor] = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        cross_attention_kwargs: Optional[Dict] = None,
+        clip_skip: Optional[int] = None,
+        callback_on_step_end: Optional[Callable] = None,
+        callback_on_step_end_tensor_inputs: List[str] = ["latents"],
+        decode_chunk_size: int = 16,
+        iv_mixed: bool = True,
+        interval_begin: int = 0,
+        interval_end: Optional[int] = None,
+        zz: int = 1000,
+        i_sigma_begin: float = 4.0,
+        i_sigma_end: float = 4.0,
+        v_sigma_begin: float = 4.0,
+        v_sigma_end: float = 4.0,
+        rho: float = 7.0,
+    ):
+        """Generate a video; the IV-mixed keywords are those of :class:`ivmixed.IVMixedSettings`."""
+        height = height or self.unet.config.sample_size * self.vae_scale_factor
+        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        self.check_inputs(
+            prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds,
+            None, None, callback_on_step_end_tensor_inputs,
+        )
+        settings = iv_mixed_settings(
+            iv_mixed, interval_begin, interval_end, zz, i_sigma_begin, i_sigma_end, v_sigma_begin, v_sigma_end,
+            rho, num_inference_steps,
+        )
+        self._guidance_scale = guidance_scale
+        self._clip_skip = clip_skip
+        self._cross_attention_kwargs = cross_attention_kwargs
+        self._interrupt = False
+        if isinstance(prompt, str):
+            batch_size = 1
+        elif isinstance(prompt, list):
+            batch_size = len(prompt)
+        else:
+            batch_size = prompt_embeds.shape[0]
+        device = self._execution_device
+
+        # The zigzag's negative-guidance inversions need the unconditional half even when guidance_scale <= 1.
+        with_uncond = self.do_classifier_free_guidance or settings is not None
+        lora_scale = cross_attention_kwargs.get("scale") if cross_attention_kwargs else None
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt, device, 1, with_uncond, negative_prompt,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            lora_scale=lora_scale, clip_skip=clip_skip,
+        )
+        if with_uncond:
+            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
+        # One embedding per frame: the motion UNet expects it, and the image UNet sees frames as images.
+        prompt_embeds = prompt_embeds.repeat_interleave(repeats=num_frames, dim=0)
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self._num_timesteps = len(self.scheduler.timesteps)
+        latents = self.prepare_latents(
+            batch_size, self.unet.config.in_channels, num_frames, height, width,
+            prompt_embeds.dtype, device, generator, latents,
+        )
+
+        video_predictor = guided_predictor(
+            self.unet, prompt_embeds, with_uncond, cross_attention_kwargs=cross_attention_kwargs
+        )
+        image_predictor = None
+        if settings is not None:
+            image_predictor = per_frame_predictor(
+                guided_predictor(self.image_unet, prompt_embeds.to(self.image_unet.dtype), with_uncond,
+                                 cross_attention_kwargs=cross_attention_kwargs)
+            )
+        latents, counts = run_sampler(
+            self, video_predictor, image_predictor, latents, guidance_scale, settings,
+            self.prepare_extra_step_kwargs(generator, eta), callback_on_step_end,
+        )
+
+        if output_type == "latent":
+            video = latents
+        else:
+            video = self.video_processor.postprocess_video(
+                video=self.decode_latents(latents, decode_chunk_size), output_type=output_type
+            )
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (video, counts)
+        return IVMixedPipelineOutput(frames=video, network_calls=counts)

@@ -1,0 +1,184 @@
+"""Tiny random-weight components, saved in the hub repositories' layout.
+
+The tests and ``inference.py --tiny`` share these builders, so the real ``from_pretrained`` code is
+what they exercise, offline and in seconds. Their outputs are noise: the weights are random.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict
+
+import torch
+from diffusers import AutoencoderKL, MotionAdapter, PNDMScheduler, UNet2DConditionModel, UNet3DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+TEXT_DIM = 32
+LATENT_SIZE = 8  # image UNets' native sample size; the VAE scales by 8, so 64 px
+VAE_SCALE = 8
+SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+
+
+def _byte_alphabet():
+    """The 256 printable stand-ins byte-level BPE uses for raw bytes (printable bytes keep their glyph)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, shift = [], 0
+    for b in range(256):
+        if b in keep:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + shift))
+            shift += 1
+    return chars
+
+
+def write_tiny_tokenizer(folder: str) -> None:
+    """Write a character-level CLIP tokenizer (vocab.json, merges.txt without merges) to ``folder``."""
+    os.makedirs(folder, exist_ok=True)
+    tokens = [c for c in _byte_alphabet()] + [c + "</w>" for c in _byte_alphabet()] + list(SPECIAL_TOKENS)
+    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump({tok: i for i, tok in enumerate(tokens)}, f, ensure_ascii=False)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+    CLIPTokenizer.from_pretrained(folder, model_max_length=77).save_pretrained(folder)
+
+
+def tiny_tokenizer(folder: str) -> CLIPTokenizer:
+    write_tiny_tokenizer(folder)
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+def tiny_text_encoder(seed: int = 0) -> CLIPTextModel:
+    torch.manual_seed(seed)
+    vocab = 2 * 256 + len(SPECIAL_TOKENS)
+    config = CLIPTextConfig(
+        vocab_size=vocab,
+        hidden_size=TEXT_DIM,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=vocab - 2,
+        eos_token_id=vocab - 1,
+        pad_token_id=vocab - 1,
+        projection_dim=TEXT_DIM,
+    )
+    return CLIPTextModel(config).eval()
+
+
+def tiny_image_unet(seed: int = 0, sample_size: int = LATENT_SIZE) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    ).eval()
+
+
+def tiny_motion_adapter(seed: int = 0) -> MotionAdapter:
+    torch.manual_seed(seed)
+    return MotionAdapter(
+        block_out_channels=(32, 64),
+        motion_layers_per_block=1,
+        motion_num_attention_heads=2,
+        motion_norm_num_groups=32,
+        motion_max_seq_length=32,
+    ).eval()
+
+
+def tiny_video_unet(seed: int = 0, sample_size: int = LATENT_SIZE) -> UNet3DConditionModel:
+    torch.manual_seed(seed)
+    return UNet3DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=4,
+        norm_num_groups=32,
+    ).eval()
+
+
+def tiny_vae(seed: int = 0) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=LATENT_SIZE * VAE_SCALE,
+    ).eval()
+
+
+def sd_scheduler() -> PNDMScheduler:
+    """The scheduler Stable Diffusion 1.5 checkpoints ship (the pipelines swap in DDIM from its config)."""
+    return PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        set_alpha_to_one=False,
+        skip_prk_steps=True,
+        steps_offset=1,
+    )
+
+
+def save_in_hub_layout(folder: str, pipeline_class: str, **components) -> str:
+    """Save components in subfolders of ``folder`` with a ``model_index.json`` naming ``pipeline_class``."""
+    os.makedirs(folder, exist_ok=True)
+    index = {"_class_name": pipeline_class, "_diffusers_version": "0.42.1"}
+    for name, component in components.items():
+        if component is None:
+            index[name] = [None, None]
+            continue
+        component.save_pretrained(os.path.join(folder, name))
+        library = "transformers" if type(component).__module__.startswith("transformers") else "diffusers"
+        index[name] = [library, type(component).__name__]
+    with open(os.path.join(folder, "model_index.json"), "w") as f:
+        json.dump(index, f, indent=2)
+    return folder
+
+
+def save_tiny_sd(folder: str, seed: int = 0, sample_size: int = LATENT_SIZE) -> str:
+    """A tiny Stable Diffusion 1.5-layout checkpoint (unet, vae, text_encoder, tokenizer, scheduler)."""
+    return save_in_hub_layout(
+        folder,
+        "StableDiffusionPipeline",
+        vae=tiny_vae(seed),
+        text_encoder=tiny_text_encoder(seed),
+        tokenizer=tiny_tokenizer(os.path.join(folder, "tokenizer")),
+        unet=tiny_image_unet(seed, sample_size),
+        scheduler=sd_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+    )
+
+
+def save_tiny_motion_adapter(folder: str, seed: int = 0) -> str:
+    tiny_motion_adapter(seed).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_checkpoints(root: str, pipeline: str) -> Dict[str, str]:
+    """Write every checkpoint ``pipeline`` loads under ``root``; returns the model-path arguments to load them."""
+    if pipeline == "Animatediff":
+        return {
+            "video_model": save_tiny_sd(os.path.join(root, "video-base"), seed=1),
+            "motion_adapter": save_tiny_motion_adapter(os.path.join(root, "motion-adapter"), seed=2),
+            "image_model": save_tiny_sd(os.path.join(root, "image-model"), seed=3),
+        }
+    raise ValueError(f"no tiny checkpoints for pipeline {pipeline!r}")
