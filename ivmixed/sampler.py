@@ -72,9 +72,10 @@ def ddim_move(x: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: f
     """Deterministic DDIM move of ``x`` from cumulative alpha ``alpha_from`` to ``alpha_to``.
 
     Denoising (``alpha_to > alpha_from``) and DDIM inversion (``alpha_to < alpha_from``) are the same
-    formula. The arithmetic runs in float32 whatever the latents' dtype, so fp16 inversions do not drift.
+    formula. The arithmetic runs in at least float32, so fp16 inversions do not drift.
     """
-    xf, ef = x.float(), eps.float()
+    work = torch.promote_types(x.dtype, torch.float32)
+    xf, ef = x.to(work), eps.to(work)
     x0 = (xf - math.sqrt(1.0 - alpha_from) * ef) / math.sqrt(alpha_from)
     return (math.sqrt(alpha_to) * x0 + math.sqrt(1.0 - alpha_to) * ef).to(x.dtype)
 

@@ -7,6 +7,7 @@ from typing import Callable, Dict, List, Optional, Union
 import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, UNet2DConditionModel
 
+from ..loading import loading
 from .common import IVMixedPipelineOutput, guided_predictor, iv_mixed_settings, per_frame_predictor, run_sampler
 
 DEFAULT_VIDEO_MODEL = "SG161222/Realistic_Vision_V5.1_noVAE"
@@ -53,9 +54,12 @@ class IVMixedAnimateDiffPipeline(AnimateDiffPipeline):
 
         The base's scheduler is replaced by DDIM over the same betas (``scheduler_settings`` override).
         """
-        adapter = MotionAdapter.from_pretrained(motion_adapter, dtype=dtype)
-        image_unet = UNet2DConditionModel.from_pretrained(image_model, subfolder="unet", dtype=dtype)
-        pipe = cls.from_pretrained(video_model, motion_adapter=adapter, image_unet=image_unet, dtype=dtype)
+        with loading("motion adapter", motion_adapter, "--motion-adapter"):
+            adapter = MotionAdapter.from_pretrained(motion_adapter, dtype=dtype)
+        with loading("image model", image_model, "--image-model"):
+            image_unet = UNet2DConditionModel.from_pretrained(image_model, subfolder="unet", dtype=dtype)
+        with loading("video model", video_model, "--video-model"):
+            pipe = cls.from_pretrained(video_model, motion_adapter=adapter, image_unet=image_unet, dtype=dtype)
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **{**DDIM_SETTINGS, **(scheduler_settings or {})})
         return pipe
 

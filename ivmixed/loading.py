@@ -1,0 +1,31 @@
+"""Turning weight-loading failures into one actionable message that names the model and the fix."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+
+class ModelLoadError(RuntimeError):
+    """A checkpoint could not be loaded; the message says which one and how to get it."""
+
+
+def _reason(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+@contextmanager
+def loading(what: str, model_id: str, flag: str) -> Iterator[None]:
+    """Re-raise any failure inside the block as a :class:`ModelLoadError` about ``what`` (``model_id``)."""
+    try:
+        yield
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # loaders raise OSError, ValueError, EnvironmentError, hub and safetensors errors
+        if os.path.isdir(model_id):
+            fix = f"check that the folder holds a complete diffusers checkpoint, or pass another with {flag}"
+        else:
+            fix = f"download it with `huggingface-cli download {model_id}` while online, or pass a local folder with {flag}"
+        raise ModelLoadError(f"could not load the {what} '{model_id}' ({_reason(exc)}); {fix}") from exc
