@@ -6,19 +6,22 @@ import argparse
 import inspect
 import logging
 import os
-import re
 import sys
 import tempfile
 import time
 import warnings
-from hashlib import sha1
+from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Dict, List, Optional
 
 from .config import DEFAULTS, PIPELINE_DEFAULTS, PIPELINE_NAMES, TINY_DEFAULTS, ConfigError, load_yaml_config, resolve_settings
-from .export import VIDEO_FORMATS, write_json, write_video
+from .compare import contact_sheet, side_by_side
+from .export import VIDEO_FORMATS, write_image, write_json, write_video
+from .manifest import Manifest
+from .prompts import Job, read_prompt_file, unique_jobs
 from .loading import ModelLoadError
 from .sampler import IVMixedSettings, count_network_calls
+from tqdm.auto import tqdm
 
 logger = logging.getLogger("ivmixed")
 
@@ -41,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("what to generate")
     g.add_argument("--pipeline", choices=PIPELINE_NAMES, help=f"video model family (default {d['pipeline']})")
     g.add_argument("--prompt", help="text prompt")
+    g.add_argument("--prompt-file", help="many prompts: .txt (one per line, # comments), or .csv/.jsonl with a "
+                   "'prompt' column and optional seed, negative_prompt, id")
     g.add_argument("--negative-prompt", help="negative prompt (default none)")
     g.add_argument("--seed", type=int, help=f"random seed; both videos start from the same noise (default {d['seed']})")
     g.add_argument("--inference-step", type=int, help=f"number of denoising steps N (default {d['inference_step']})")
@@ -74,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--format", choices=VIDEO_FORMATS, help="video file format (default mp4)")
     g.add_argument("--fps", type=int, help=f"frames per second of the written videos (default {d['fps']})")
     g.add_argument("--no-standard", action="store_true", default=None, help="skip the standard (baseline) video")
+    g.add_argument("--side-by-side", action="store_true", default=None,
+                   help="also write a labelled standard|IV-mixed video and a PNG contact sheet per prompt")
+    g.add_argument("--overwrite", action="store_true", default=None,
+                   help="make prompts again that the output folder's manifest lists as finished")
     g.add_argument("--config", help="YAML preset (see configs/); flags given on the command line override it")
     g.add_argument("--device", help="torch device (default cuda when available, else cpu)")
     g.add_argument("--dtype", choices=DTYPES, help="network precision (default fp16 on CUDA, fp32 on CPU)")
@@ -83,8 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def validate(s: Dict[str, Any]) -> None:
     """Reject values no run could honour, before any model loads."""
-    if not s["prompt"] or not str(s["prompt"]).strip():
-        raise ConfigError("a prompt is required: pass --prompt \"...\" (or set prompt: in the --config file)")
+    if s["prompt"] and s["prompt_file"]:
+        raise ConfigError("give either --prompt or --prompt-file, not both")
+    if not s["prompt_file"] and (not s["prompt"] or not str(s["prompt"]).strip()):
+        raise ConfigError("a prompt is required: pass --prompt \"...\" or --prompt-file FILE (or set it in --config)")
     for key in ("inference_step", "num_frames", "fps"):
         if int(s[key]) < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {s[key]}")
@@ -97,6 +108,12 @@ def validate(s: Dict[str, Any]) -> None:
         raise ConfigError(f"--format must be one of {', '.join(VIDEO_FORMATS)}, got {s['format']!r}")
     if s["dtype"] is not None and s["dtype"] not in DTYPES:
         raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {s['dtype']!r}")
+    if s["device"] is not None and str(s["device"]).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {s['device']} asked for CUDA, but torch sees no CUDA GPU; pass --device cpu "
+                              "(with --tiny for a quick check) or install a CUDA build of torch")
     if s["motion_adapter"] is not None and s["pipeline"] != "Animatediff":
         raise ConfigError("--motion-adapter applies to --pipeline Animatediff only")
     try:
@@ -110,15 +127,6 @@ def iv_settings(s: Dict[str, Any]) -> IVMixedSettings:
     for k in ("i_sigma_begin", "i_sigma_end", "v_sigma_begin", "v_sigma_end", "rho"):
         values[k] = float(values[k])
     return IVMixedSettings(**values)
-
-
-def prompt_slug(prompt: str, limit: int = 80) -> str:
-    """A file-name-safe stem for ``prompt``: ASCII letters, digits and dashes, with a hash when it lost text."""
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", prompt).strip("-").lower()
-    if len(slug) <= limit and slug.replace("-", " ") == prompt.strip().lower() and slug:
-        return slug
-    digest = sha1(prompt.encode("utf-8")).hexdigest()[:8]
-    return f"{slug[:limit].rstrip('-')}-{digest}" if slug else f"prompt-{digest}"
 
 
 def package_versions() -> Dict[str, str]:
@@ -160,92 +168,167 @@ def quiet_libraries() -> None:
         lib.utils.logging.disable_progress_bar()
 
 
-def generate(pipe, s: Dict[str, Any], device: str, iv_mixed: bool):
-    """One video; the generator is seeded afresh so both videos share their initial noise."""
+def generate(pipe, s: Dict[str, Any], job: Job, iv_mixed: bool):
+    """One video; the generator is seeded afresh so both videos of a prompt share their initial noise."""
     import torch
 
     kwargs = dict(
-        prompt=s["prompt"],
-        negative_prompt=s["negative_prompt"],
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt,
         num_frames=int(s["num_frames"]),
         height=int(s["height"]),
         width=int(s["width"]),
         num_inference_steps=int(s["inference_step"]),
         guidance_scale=float(s["guidance_scale"]),
-        generator=torch.Generator("cpu").manual_seed(int(s["seed"])),
+        generator=torch.Generator("cpu").manual_seed(job.seed),
         output_type="np",
         iv_mixed=iv_mixed,
     )
     if iv_mixed:
-        kwargs.update({k: v for k, v in vars(iv_settings(s)).items()})
+        kwargs.update(vars(iv_settings(s)))
     return pipe(**kwargs)
 
 
-def run(s: Dict[str, Any]) -> Dict[str, Any]:
-    """Load, generate, write; returns the run record (also written as JSON beside the videos)."""
-    started = time.perf_counter()
-    device, dtype_name, dtype = pick_device_and_dtype(s)
-    os.makedirs(s["output_dir"], exist_ok=True)
-    stem = f"{prompt_slug(s['prompt'])}_{s['seed']}_{s['pipeline']}"
-    paths = {
-        "iv_mix": os.path.join(s["output_dir"], f"{stem}_iv_mix.{s['format']}"),
-        "standard": os.path.join(s["output_dir"], f"{stem}_standard.{s['format']}"),
-        "record": os.path.join(s["output_dir"], f"{stem}.json"),
-    }
+def plan_jobs(s: Dict[str, Any]) -> List[Job]:
+    """Every prompt of this run, in order, each once."""
+    if s["prompt_file"]:
+        jobs = read_prompt_file(s["prompt_file"], int(s["seed"]), s["negative_prompt"])
+    else:
+        jobs = [Job(s["prompt"].strip(), int(s["seed"]), s["negative_prompt"])]
+    return unique_jobs(jobs, s["pipeline"])
+
+
+def process_state(s: Dict[str, Any]):
+    """accelerate's process state when launched by ``accelerate launch`` or ``torchrun``, else ``None``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=s["device"] == "cpu" or not torch.cuda.is_available())
+
+
+def make_videos(pipe, s: Dict[str, Any], job: Job, run_info: Dict[str, Any]) -> Dict[str, Any]:
+    """Generate and write one prompt's videos; returns its record (also written as ``<stem>.json``)."""
+    out_dir, fmt, stem = s["output_dir"], s["format"], job.stem(s["pipeline"])
+    files: Dict[str, str] = {}
+    frames: Dict[str, Any] = {}
+    calls: Dict[str, Dict[str, int]] = {}
     timings: Dict[str, float] = {}
+    runs = [("iv_mix", True)] + ([] if s["no_standard"] else [("standard", False)])
+    for name, iv_mixed in runs:
+        t0 = time.perf_counter()
+        out = generate(pipe, s, job, iv_mixed)
+        timings[f"{name}_s"] = round(time.perf_counter() - t0, 3)
+        calls[name], frames[name] = out.network_calls, out.frames[0]
+        files[name] = f"{stem}_{name}.{fmt}"
+        write_video(frames[name], os.path.join(out_dir, files[name]), int(s["fps"]))
+        logger.info("wrote %s (%s)", files[name], ", ".join(f"{k} calls: {v}" for k, v in out.network_calls.items()))
+    if s["side_by_side"] and "standard" in frames:
+        files["side_by_side"] = f"{stem}_side_by_side.{fmt}"
+        write_video(side_by_side(frames["standard"], frames["iv_mix"]), os.path.join(out_dir, files["side_by_side"]),
+                    int(s["fps"]))
+        files["contact_sheet"] = f"{stem}_frames.png"
+        write_image(contact_sheet(frames["standard"], frames["iv_mix"]), os.path.join(out_dir, files["contact_sheet"]))
+    files["record"] = f"{stem}.json"
+    steps = int(s["inference_step"])
+    record = {
+        "id": job.id or stem,
+        "prompt": job.prompt,
+        "negative_prompt": job.negative_prompt,
+        "seed": job.seed,
+        "pipeline": s["pipeline"],
+        "files": files,
+        "settings": {k: v for k, v in s.items() if k not in ("prompt", "prompt_file", "negative_prompt", "seed")},
+        **run_info,
+        "network_calls": calls,
+        "expected_network_calls": {"iv_mix": count_network_calls(steps, iv_settings(s)),
+                                   **({} if s["no_standard"] else {"standard": count_network_calls(steps, None)})},
+        "timings": timings,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json(record, os.path.join(out_dir, files["record"]))
+    return record
+
+
+def run(s: Dict[str, Any], jobs: List[Job]) -> int:
+    """Generate every unfinished job of this process's share, appending each to the manifest when done."""
     with tempfile.TemporaryDirectory(prefix="ivmixed-tiny-") as tiny_root:
         if s["tiny"]:
             from .testing import save_tiny_checkpoints
 
             logger.warning("--tiny: random tiny models; the videos are noise and only check the install")
-            model_paths = save_tiny_checkpoints(tiny_root, s["pipeline"])
+            # Written before any process group exists: transformers saves on rank 0 only once one does.
+            given = save_tiny_checkpoints(tiny_root, s["pipeline"])
         else:
-            model_paths = {k: s[k] for k in MODEL_FLAGS if s[k] is not None}
-        model_paths = model_sources(s, model_paths)
-        t0 = time.perf_counter()
-        from .pipelines import PIPELINES
+            given = {k: s[k] for k in MODEL_FLAGS if s[k] is not None}
+        return _run_jobs(s, jobs, given)
 
-        pipe = PIPELINES[s["pipeline"]].from_checkpoints(**model_paths, dtype=dtype)
-        pipe.to(device)
-        timings["load_s"] = time.perf_counter() - t0
-        lora_record = None
-        if s["lora"]:
-            from .lora import apply_lora_to_pipeline
 
-            lora_record = apply_lora_to_pipeline(pipe, s["lora"], float(s["lora_scale"]), s["lora_target"])
+def _run_jobs(s: Dict[str, Any], jobs: List[Job], given: Dict[str, str]) -> int:
+    state = process_state(s)
+    is_main = state is None or state.is_main_process
+    os.makedirs(s["output_dir"], exist_ok=True)
+    manifest = Manifest(s["output_dir"])
+    done = manifest.records()
+    todo = []
+    for job in jobs:
+        record = done.get(job.id or job.stem(s["pipeline"]))
+        if record is not None and manifest.is_finished(record, s["output_dir"]) and not s["overwrite"]:
+            continue
+        todo.append(job)
+    if state is not None:
+        state.wait_for_everyone()  # everyone has read the manifest before anyone appends to it
+        mine = todo[state.process_index::state.num_processes]
+    else:
+        mine = todo
+    skipped = len(jobs) - len(todo)
+    if is_main and (len(jobs) > 1 or skipped):
+        logger.info("%d prompt(s): %d already finished in %s%s, %d to make", len(jobs), skipped, s["output_dir"],
+                    " (--overwrite makes them again)" if skipped else "", len(todo))
+    finished = 0
+    try:
+        if mine:
+            finished = _make_all(s, mine, manifest, is_main, given)
+    except KeyboardInterrupt:
+        logger.warning("interrupted after %d finished prompt(s) in this process; every file written is complete. "
+                       "Run the same command again to make the rest.", finished)
+        raise
+    if state is not None:
+        state.wait_for_everyone()
+    if is_main:
+        logger.info("done: %d prompt(s) recorded in %s", len(manifest.records()), manifest.path)
+    return 0
 
-        calls: Dict[str, Dict[str, int]] = {}
-        written: Dict[str, str] = {}
-        runs = [("iv_mix", True)] + ([] if s["no_standard"] else [("standard", False)])
-        for name, iv_mixed in runs:
-            logger.info("generating the %s video", "IV-mixed" if iv_mixed else "standard")
-            t0 = time.perf_counter()
-            out = generate(pipe, s, device, iv_mixed)
-            timings[f"{name}_s"] = time.perf_counter() - t0
-            calls[name] = out.network_calls
-            written[name] = write_video(out.frames[0], paths[name], int(s["fps"]))
-            logger.info("wrote %s (%s)", written[name], ", ".join(f"{k} calls: {v}" for k, v in out.network_calls.items()))
 
-    timings["total_s"] = time.perf_counter() - started
-    record = {
-        "prompt": s["prompt"],
-        "settings": {k: v for k, v in s.items() if k not in ("config",)},
-        "models": {k: ("tiny-random" if s["tiny"] else v) for k, v in model_paths.items()},
+def _make_all(s: Dict[str, Any], jobs: List[Job], manifest: Manifest, is_main: bool, given: Dict[str, str]) -> int:
+    device, dtype_name, dtype = pick_device_and_dtype(s)
+    models = model_sources(s, given)
+    from .pipelines import PIPELINES
+
+    t0 = time.perf_counter()
+    pipe = PIPELINES[s["pipeline"]].from_checkpoints(**models, dtype=dtype)
+    pipe.to(device)
+    pipe.set_progress_bar_config(position=1, leave=False, disable=not is_main)
+    load_s = round(time.perf_counter() - t0, 3)
+    lora_record = None
+    if s["lora"]:
+        from .lora import apply_lora_to_pipeline
+
+        lora_record = apply_lora_to_pipeline(pipe, s["lora"], float(s["lora_scale"]), s["lora_target"])
+    run_info = {
+        "models": {k: ("tiny-random" if s["tiny"] else v) for k, v in models.items()},
         "lora": lora_record,
-        "device": device,
+        "device": str(device),
         "dtype": dtype_name,
-        "network_calls": calls,
-        "expected_network_calls": {
-            "iv_mix": count_network_calls(int(s["inference_step"]), iv_settings(s)),
-            "standard": count_network_calls(int(s["inference_step"]), None),
-        },
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-        "files": written,
+        "load_s": load_s,
         "versions": package_versions(),
     }
-    write_json(record, paths["record"])
-    logger.info("wrote %s", paths["record"])
-    return record
+    finished = 0
+    for job in tqdm(jobs, desc="prompts", position=0, disable=not is_main or len(jobs) < 2):
+        manifest.append(make_videos(pipe, s, job, run_info))
+        finished += 1
+    return finished
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -257,6 +340,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         config = load_yaml_config(args.config) if args.config else {}
         settings = resolve_settings(flags, config)
         validate(settings)
+        jobs = plan_jobs(settings)
     except ConfigError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     quiet_libraries()
@@ -264,7 +348,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for category in (FutureWarning, DeprecationWarning, UserWarning):
             warnings.filterwarnings("ignore", category=category)
     try:
-        run(settings)
+        return run(settings, jobs)
     except ModelLoadError as exc:
         if args.debug:
             raise
@@ -273,4 +357,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted; files already written are complete", file=sys.stderr)
         return 130
-    return 0

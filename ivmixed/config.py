@@ -15,6 +15,7 @@ PIPELINE_NAMES = ("Animatediff", "ModelScope", "VideoCrafter")
 DEFAULTS: Dict[str, Any] = {
     "pipeline": "Animatediff",
     "prompt": None,
+    "prompt_file": None,
     "negative_prompt": None,
     "seed": 23523,
     "inference_step": 50,
@@ -34,6 +35,8 @@ DEFAULTS: Dict[str, Any] = {
     "output_dir": "outputs",
     "format": "mp4",
     "no_standard": False,
+    "side_by_side": False,
+    "overwrite": False,
     "device": None,
     "dtype": None,
     "video_model": None,

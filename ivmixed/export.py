@@ -59,3 +59,9 @@ def write_json(record: dict, path: str) -> str:
             json.dump(record, f, indent=2, ensure_ascii=False)
             f.write("\n")
     return path
+
+
+def write_image(image: np.ndarray, path: str) -> str:
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, to_uint8(image), extension=os.path.splitext(path)[1])
+    return path

@@ -16,6 +16,11 @@ def _reason(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def looks_like_path(model_id: str) -> bool:
+    """Hub ids are ``owner/name``; anything absolute, relative-dotted or deeper is meant as a folder."""
+    return os.path.isabs(model_id) or model_id.startswith((".", "~")) or model_id.count("/") > 1
+
+
 @contextmanager
 def loading(what: str, model_id: str, flag: str) -> Iterator[None]:
     """Re-raise any failure inside the block as a :class:`ModelLoadError` about ``what`` (``model_id``)."""
@@ -26,6 +31,8 @@ def loading(what: str, model_id: str, flag: str) -> Iterator[None]:
     except Exception as exc:  # loaders raise OSError, ValueError, EnvironmentError, hub and safetensors errors
         if os.path.isdir(model_id):
             fix = f"check that the folder holds a complete diffusers checkpoint, or pass another with {flag}"
+        elif looks_like_path(model_id):
+            raise ModelLoadError(f"could not load the {what}: no folder {model_id}; check the path given with {flag}") from exc
         else:
             fix = f"download it with `huggingface-cli download {model_id}` while online, or pass a local folder with {flag}"
         raise ModelLoadError(f"could not load the {what} '{model_id}' ({_reason(exc)}); {fix}") from exc

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
-from diffusers import AutoencoderKL, MotionAdapter, PNDMScheduler, UNet2DConditionModel, UNet3DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, PNDMScheduler, UNet2DConditionModel, UNet3DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from .models import VideoCrafterUNet3DConditionModel
 
 TEXT_DIM = 32
 LATENT_SIZE = 8  # image UNets' native sample size; the VAE scales by 8, so 64 px
+VIDEO_LATENT_SIZE = 4  # text-to-video UNets' default size: unlike LATENT_SIZE, so the image model's resize path runs
 VAE_SCALE = 8
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 
@@ -94,9 +97,8 @@ def tiny_motion_adapter(seed: int = 0) -> MotionAdapter:
     ).eval()
 
 
-def tiny_video_unet(seed: int = 0, sample_size: int = LATENT_SIZE) -> UNet3DConditionModel:
-    torch.manual_seed(seed)
-    return UNet3DConditionModel(
+def _tiny_3d_unet_config(sample_size: Optional[int]) -> Dict:
+    return dict(
         sample_size=sample_size,
         in_channels=4,
         out_channels=4,
@@ -107,7 +109,21 @@ def tiny_video_unet(seed: int = 0, sample_size: int = LATENT_SIZE) -> UNet3DCond
         cross_attention_dim=TEXT_DIM,
         attention_head_dim=4,
         norm_num_groups=32,
-    ).eval()
+    )
+
+
+def tiny_video_unet(seed: int = 0, sample_size: Optional[int] = LATENT_SIZE) -> UNet3DConditionModel:
+    """A ModelScope-style 3D UNet (diffusers' ``UNet3DConditionModel``)."""
+    torch.manual_seed(seed)
+    return UNet3DConditionModel(**_tiny_3d_unet_config(sample_size)).eval()
+
+
+def tiny_videocrafter_unet(
+    seed: int = 0, sample_size: Optional[int] = VIDEO_LATENT_SIZE, fps_cond: bool = True
+) -> VideoCrafterUNet3DConditionModel:
+    """The same 3D UNet with VideoCrafter2's fps condition; same seed, same weights as :func:`tiny_video_unet`."""
+    torch.manual_seed(seed)
+    return VideoCrafterUNet3DConditionModel(**_tiny_3d_unet_config(sample_size), fps_cond=fps_cond).eval()
 
 
 def tiny_vae(seed: int = 0) -> AutoencoderKL:
@@ -133,6 +149,18 @@ def sd_scheduler() -> PNDMScheduler:
         beta_schedule="scaled_linear",
         set_alpha_to_one=False,
         skip_prk_steps=True,
+        steps_offset=1,
+    )
+
+
+def t2v_scheduler() -> DDIMScheduler:
+    """The scheduler ModelScope and Zeroscope checkpoints ship (DDIM over SD's scaled-linear betas)."""
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
         steps_offset=1,
     )
 
@@ -173,12 +201,53 @@ def save_tiny_motion_adapter(folder: str, seed: int = 0) -> str:
     return folder
 
 
+def save_tiny_text_to_video(folder: str, seed: int = 0, sample_size: int = VIDEO_LATENT_SIZE) -> str:
+    """A tiny ModelScope/Zeroscope-layout checkpoint (``TextToVideoSDPipeline``: unet, vae, text_encoder, ...)."""
+    return save_in_hub_layout(
+        folder,
+        "TextToVideoSDPipeline",
+        vae=tiny_vae(seed),
+        text_encoder=tiny_text_encoder(seed),
+        tokenizer=tiny_tokenizer(os.path.join(folder, "tokenizer")),
+        unet=tiny_video_unet(seed, sample_size),
+        scheduler=t2v_scheduler(),
+    )
+
+
+HUB_VIDEOCRAFTER_CLASS = "UNet3DVideoCrafterConditionModel"  # `_class_name` in adamdad/videocrafterv2_diffusers
+
+
+def save_tiny_videocrafter_unet(folder: str, seed: int = 0, subfolder: Optional[str] = None) -> str:
+    """A tiny VideoCrafter2 UNet laid out like ``adamdad/videocrafterv2_diffusers``: weights at the root
+    (or under ``subfolder``), and the config naming the class the conversion used."""
+    target = os.path.join(folder, subfolder) if subfolder else folder
+    tiny_videocrafter_unet(seed).save_pretrained(target)
+    config_path = os.path.join(target, "config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    config["_class_name"] = HUB_VIDEOCRAFTER_CLASS
+    with open(config_path, "w") as f:
+        json.dump(config, f, indent=2)
+    return folder
+
+
 def save_tiny_checkpoints(root: str, pipeline: str) -> Dict[str, str]:
     """Write every checkpoint ``pipeline`` loads under ``root``; returns the model-path arguments to load them."""
     if pipeline == "Animatediff":
         return {
             "video_model": save_tiny_sd(os.path.join(root, "video-base"), seed=1),
             "motion_adapter": save_tiny_motion_adapter(os.path.join(root, "motion-adapter"), seed=2),
+            "image_model": save_tiny_sd(os.path.join(root, "image-model"), seed=3),
+        }
+    if pipeline == "ModelScope":
+        return {
+            "video_model": save_tiny_text_to_video(os.path.join(root, "text-to-video"), seed=1),
+            "image_model": save_tiny_sd(os.path.join(root, "image-model"), seed=3),
+        }
+    if pipeline == "VideoCrafter":
+        return {
+            "video_model": save_tiny_text_to_video(os.path.join(root, "zeroscope"), seed=1),
+            "unet": save_tiny_videocrafter_unet(os.path.join(root, "videocrafter-unet"), seed=2),
             "image_model": save_tiny_sd(os.path.join(root, "image-model"), seed=3),
         }
     raise ValueError(f"no tiny checkpoints for pipeline {pipeline!r}")

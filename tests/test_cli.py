@@ -7,9 +7,11 @@ import sys
 
 import imageio.v3 as iio
 import pytest
+import torch
 import yaml
 
-from ivmixed.cli import build_parser, main, prompt_slug
+from ivmixed.cli import build_parser, main
+from ivmixed.prompts import slugify as prompt_slug
 from ivmixed.config import PIPELINE_DEFAULTS, ConfigError, load_yaml_config, resolve_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,8 +58,8 @@ def test_tiny_end_to_end_writes_videos_and_record(tmp_path):
     record = json.loads((tmp_path / f"{stem}.json").read_text())
     assert record["network_calls"] == {"iv_mix": {"video": 9, "image": 6}, "standard": {"video": 3, "image": 0}}
     assert record["network_calls"] == record["expected_network_calls"]
-    assert record["settings"]["inference_step"] == 3 and record["settings"]["seed"] == 23523
-    assert set(record["timings"]) >= {"load_s", "iv_mix_s", "standard_s", "total_s"}
+    assert record["settings"]["inference_step"] == 3 and record["seed"] == 23523
+    assert set(record["timings"]) == {"iv_mix_s", "standard_s"} and record["load_s"] > 0
     assert record["versions"]["diffusers"] and record["models"]["image_model"] == "tiny-random"
     assert not [p for p in os.listdir(tmp_path) if "partial" in p]
 
@@ -69,7 +71,7 @@ def test_gif_without_standard_and_config_file(tmp_path):
                  "--output-dir", str(tmp_path / "out")])
     assert code == 0
     files = sorted(os.listdir(tmp_path / "out"))
-    assert files == ["a-cat_7_Animatediff.json", "a-cat_7_Animatediff_iv_mix.gif"]
+    assert files == ["a-cat_7_Animatediff.json", "a-cat_7_Animatediff_iv_mix.gif", "manifest.jsonl"]
     assert iio.imread(tmp_path / "out" / files[1]).shape[0] == 3
     record = json.loads((tmp_path / "out" / files[0]).read_text())
     assert record["network_calls"] == {"iv_mix": {"video": 10, "image": 0}}  # zz=1: the video model only
@@ -86,11 +88,14 @@ BAD_INPUTS = [
     (["--num-frames", "0"], "--num-frames must be at least 1"),
     (["--pipeline", "ModelScope", "--motion-adapter", "x"], "--motion-adapter applies to --pipeline Animatediff"),
     (["--config", "/no/such/file.yaml"], "config file not found"),
+    (["--device", "cuda"], "torch sees no CUDA GPU"),
 ]
 
 
 @pytest.mark.parametrize("args,message", BAD_INPUTS)
 def test_bad_input_is_one_clear_line_and_exit_2(args, message, capsys):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
     with pytest.raises(SystemExit) as exit_info:
         main(["--prompt", "a cat", *args])
     err = capsys.readouterr().err
@@ -121,8 +126,16 @@ def test_missing_weights_offline_is_one_line(tmp_path):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
-    assert lines[0].startswith("inference.py: error: could not load the motion adapter")
+    assert lines[0].startswith("inference.py: error: could not load the motion adapter: no folder")
     assert "--motion-adapter" in lines[0]
+
+
+def test_missing_hub_model_offline_says_how_to_get_it(tmp_path):
+    result = run_cli("--prompt", "a cat", "--device", "cpu", "--image-model", "ivmixed-test/no-such-model",
+                     "--output-dir", str(tmp_path / "out"), env={"HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "could not load the" in line and "huggingface-cli download" in line
 
 
 def test_precedence_flags_over_config_over_pipeline_defaults():

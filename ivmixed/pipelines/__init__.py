@@ -2,5 +2,22 @@
 
 from .animatediff import IVMixedAnimateDiffPipeline
 from .common import IVMixedPipelineOutput
+from .modelscope import IVMixedModelScopePipeline
+from .text_to_video import IVMixedTextToVideoPipeline
+from .videocrafter import IVMixedVideoCrafterPipeline
 
-__all__ = ["IVMixedAnimateDiffPipeline", "IVMixedPipelineOutput"]
+# The pipelines by the names the CLI and the configs use.
+PIPELINES = {
+    "Animatediff": IVMixedAnimateDiffPipeline,
+    "ModelScope": IVMixedModelScopePipeline,
+    "VideoCrafter": IVMixedVideoCrafterPipeline,
+}
+
+__all__ = [
+    "PIPELINES",
+    "IVMixedAnimateDiffPipeline",
+    "IVMixedModelScopePipeline",
+    "IVMixedPipelineOutput",
+    "IVMixedTextToVideoPipeline",
+    "IVMixedVideoCrafterPipeline",
+]

@@ -1,0 +1,317 @@
+"""LoRA for the image model: merge kohya-format files into a Stable Diffusion folder, or apply them at load time.
+
+Civitai-style LoRAs are kohya ``.safetensors`` files: for each layer ``<prefix>_<module path with _>`` they hold
+``.lora_down.weight`` (rank x in), ``.lora_up.weight`` (out x rank) and usually ``.alpha``. Merged at strength
+``s``, a layer becomes ``W + s * (alpha / rank) * up @ down`` (``alpha / rank`` is 1 when the file has no alpha).
+
+Both routes, the converter (:func:`convert_lora`) and direct loading (:func:`apply_lora_to_pipeline`), go through
+:func:`merge_lora`: diffusers' LoRA loader and peft inject, fuse and unload the layers. What this module does
+itself is read the kohya names and alphas, because diffusers' kohya conversion (0.42.1, peft 0.21) gets them
+wrong, as measured on the tiny models:
+
+- Per-layer alphas become peft ``alpha_pattern`` keys that name no module (``...attn1.processor.to_q_lora.down.weight``
+  for the UNet, ``text_model.encoder.layers.0.self_attn`` for a transformers 5 text encoder), so when a file's
+  alphas differ between layers every layer silently gets the most common alpha. Here ``alpha / rank`` is folded
+  into ``lora_up`` and diffusers gets no alphas, so its scale is exactly 1 per layer.
+- A text-encoder part with neither ``out_proj`` nor MLP layers fails with "Could not automatically infer state
+  dict type".
+- Unknown names are skipped silently; a model none of whose names match fails (a UNet with peft's
+  ``NoMatchingPeftModuleError``, a text encoder with an ``IndexError``), after the UNet may already have taken
+  the adapter. Matching by name and shape first lets us report each unmatched layer and refuse a file where
+  nothing matches before any weight changes.
+
+Names are mapped by kohya's own rule (module path, dots as underscores, see :func:`kohya_layer_names`), which
+gives the same modules as diffusers' conversion for every linear and conv layer of SD 1.5 (282 UNet and 72 text
+encoder layers, checked), and handed to diffusers in peft's format (``<module>.lora_A.weight``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from diffusers import ModelMixin, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
+from diffusers.loaders.lora_base import fuse_text_encoder_lora
+from diffusers.utils import recurse_remove_peft_layers
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from transformers import CLIPTextModel
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ALPHA = 0.75  # the reference's merge ratio; also the default strength of direct loading, so both routes agree
+UNET_PREFIX = "lora_unet"
+TEXT_ENCODER_PREFIX = "lora_te"
+DEFAULT_LORA_DIR = "lora"
+TARGETS = ("image", "video", "both")
+
+_DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+_PARTS = {_DOWN, _UP, _ALPHA}
+_ADAPTER = "ivmixed_lora"  # fused and unloaded at once, so one name serves every load
+
+
+def read_lora_file(path: str) -> Dict[str, torch.Tensor]:
+    """Read a LoRA ``.safetensors`` file, with one-line errors for a missing or unreadable file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"LoRA file not found: {path}")
+    try:
+        return load_file(path)
+    except SafetensorError as err:
+        raise ValueError(f"{path} is not a readable .safetensors file ({err})") from None
+
+
+def kohya_layer_names(model: torch.nn.Module, prefix: str) -> Dict[str, str]:
+    """Map the names kohya's sd-scripts gives the linear and conv layers of ``model`` to their module paths.
+
+    kohya names a layer ``prefix + "_" + path`` with dots made underscores, taking text-encoder paths from
+    transformers 4's ``CLIPTextModel`` (``text_model.encoder...``). transformers 5 dropped the ``text_model``
+    wrapper, so for such a model it is put back into the name.
+    """
+    stem = "text_model." if isinstance(model, CLIPTextModel) and not hasattr(model, "text_model") else ""
+    return {
+        f"{prefix}_{(stem + name).replace('.', '_')}": name
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))
+    }
+
+
+def _group_layers(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, Dict[str, torch.Tensor]], List[str]]:
+    """Split a kohya state dict into LoRA layers ``{name: {suffix: tensor}}`` and the names of other layers.
+
+    A layer with keys other than down/up/alpha (DoRA's ``dora_scale``, LoHa's ``hada_*``, ...) is not a plain
+    LoRA: merging only its down/up would be wrong, so it goes to the others.
+    """
+    layers: Dict[str, Dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        name, _, rest = key.partition(".")
+        layers.setdefault(name, {})["." + rest] = value
+    lora = {name: parts for name, parts in layers.items() if _DOWN in parts and _UP in parts and set(parts) <= _PARTS}
+    return lora, [name for name in layers if name not in lora]
+
+
+def _fits(module: torch.nn.Module, down: torch.Tensor, up: torch.Tensor) -> bool:
+    weight = module.weight
+    return up.shape[0] == weight.shape[0] and up.shape[1] == down.shape[0] and down.shape[1:] == weight.shape[1:]
+
+
+def _fuse_into(model: torch.nn.Module, weights: Dict[str, Tuple[torch.Tensor, torch.Tensor]], scale: float) -> None:
+    """Load ``{module path: (down, up)}`` into ``model`` with diffusers' loader, fuse at ``scale``, unload."""
+    state_dict = {}
+    for path, (down, up) in weights.items():
+        state_dict[f"{path}.lora_A.weight"] = down
+        state_dict[f"{path}.lora_B.weight"] = up
+    if isinstance(model, ModelMixin):
+        model.load_lora_adapter(state_dict, prefix=None, adapter_name=_ADAPTER)
+        model.fuse_lora(lora_scale=scale, adapter_names=[_ADAPTER])
+        model.unload_lora()
+    else:
+        prefixed = {f"text_encoder.{key}": value for key, value in state_dict.items()}
+        StableDiffusionLoraLoaderMixin.load_lora_into_text_encoder(prefixed, None, model, adapter_name=_ADAPTER)
+        fuse_text_encoder_lora(model, lora_scale=scale, adapter_names=[_ADAPTER])
+        recurse_remove_peft_layers(model)
+        # transformers' PEFT state: left set, save_pretrained would write only the (now removed) adapter.
+        del model.peft_config
+        model._hf_peft_config_loaded = False
+
+
+def merge_lora(
+    state_dict: Dict[str, torch.Tensor],
+    targets: List[Tuple[str, torch.nn.Module]],
+    scale: float,
+    source: str = "the LoRA",
+) -> Dict[str, object]:
+    """Fuse ``W += scale * (alpha / rank) * up @ down`` into every layer of ``targets`` the kohya file names.
+
+    ``targets`` pairs a kohya prefix (``"lora_unet"``, ``"lora_te"``) with the UNet or text encoder it names; a
+    prefix may appear twice (one LoRA into two UNets). LoRA layers that match no model layer by name and shape
+    are logged as a warning; if none matches, ``ValueError`` is raised and no model is changed.
+    Returns ``{"merged_layers": count, "unmatched": [names]}``.
+    """
+    layers, unmatched = _group_layers(state_dict)
+    plans = []
+    matched = set()
+    for prefix, model in targets:
+        names = kohya_layer_names(model, prefix)
+        modules = dict(model.named_modules())
+        hits = {
+            name: parts for name, parts in layers.items()
+            if name in names and _fits(modules[names[name]], parts[_DOWN], parts[_UP])
+        }
+        if hits:
+            plans.append((model, names, hits))
+            matched.update(hits)
+    unmatched = sorted(unmatched + [name for name in layers if name not in matched])
+    if not matched:
+        prefixes = sorted({prefix for prefix, _ in targets})
+        raise ValueError(
+            f"no layer of {source} matches a layer of the model (looked for prefixes {prefixes}); "
+            "is it a kohya-format LoRA for Stable Diffusion 1.x?"
+        )
+    if unmatched:
+        logger.warning(
+            "%d layers of %s match no model layer and were skipped: %s", len(unmatched), source, ", ".join(unmatched)
+        )
+    for model, names, hits in plans:
+        weights = {}
+        for name, parts in hits.items():
+            down, up = parts[_DOWN].float(), parts[_UP].float()
+            ratio = float(parts[_ALPHA]) / down.shape[0] if _ALPHA in parts else 1.0
+            weights[names[name]] = (down, up * ratio)
+        _fuse_into(model, weights, scale)
+        logger.info("merged %d layers of %s into %s", len(hits), source, type(model).__name__)
+    return {"merged_layers": len(matched), "unmatched": unmatched}
+
+
+def convert_lora(
+    base_model_path: str,
+    checkpoint_path: str,
+    dump_path: str,
+    alpha: float = DEFAULT_ALPHA,
+    lora_prefix_unet: str = UNET_PREFIX,
+    lora_prefix_text_encoder: str = TEXT_ENCODER_PREFIX,
+    to_safetensors: bool = False,
+    device: str = "cpu",
+) -> Dict[str, object]:
+    """Merge a kohya LoRA into a Stable Diffusion 1.x folder's UNet and text encoder; save the whole pipeline.
+
+    The folder is written beside ``dump_path`` under a temporary name and renamed at the end, so a failed
+    conversion leaves nothing at ``dump_path``. An existing ``dump_path`` is refused rather than overwritten.
+    """
+    if os.path.exists(dump_path):
+        raise FileExistsError(f"{dump_path} already exists; remove it or choose another --dump_path")
+    state_dict = read_lora_file(checkpoint_path)
+    pipe = StableDiffusionPipeline.from_pretrained(base_model_path, dtype=torch.float32).to(device)
+    report = merge_lora(
+        state_dict,
+        [(lora_prefix_unet, pipe.unet), (lora_prefix_text_encoder, pipe.text_encoder)],
+        alpha,
+        source=checkpoint_path,
+    )
+    parent, name = os.path.split(os.path.abspath(dump_path))
+    os.makedirs(parent, exist_ok=True)
+    partial = os.path.join(parent, f".{name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        pipe.save_pretrained(partial, safe_serialization=to_safetensors)
+        os.rename(partial, dump_path)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    logger.info(
+        "merged %d layers of %s at alpha %s into %s", report["merged_layers"], checkpoint_path, alpha, dump_path
+    )
+    return report
+
+
+def _is_converted(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, "unet", "config.json"))
+
+
+def resolve_lora(spec: str, lora_dir: str = DEFAULT_LORA_DIR) -> Tuple[str, str]:
+    """Find what ``--lora`` names: ``("file", path)`` for a ``.safetensors`` file, ``("folder", path)`` for a
+    converted folder.
+
+    ``spec`` is a path to either, or a name under ``lora_dir``: ``amechass`` means ``lora_dir/amechass/`` (a
+    converted folder, as the reference tool had it) or else ``lora_dir/amechass.safetensors``.
+    """
+    named_folder = os.path.join(lora_dir, spec)
+    named_file = os.path.join(lora_dir, spec + ".safetensors")
+    if os.path.isfile(spec):
+        if not spec.endswith(".safetensors"):
+            raise ValueError(f"LoRA file {spec} is not a .safetensors file (kohya/Civitai format expected)")
+        return "file", spec
+    for folder in (spec, named_folder):
+        if os.path.isdir(folder):
+            if not _is_converted(folder):
+                raise ValueError(
+                    f"{folder} is not a converted LoRA folder (no unet/config.json); "
+                    "make one with lora/convert_lora_safetensor_to_diffusers.py"
+                )
+            return "folder", folder
+    if os.path.isfile(named_file):
+        return "file", named_file
+    if spec.endswith(".safetensors"):
+        raise FileNotFoundError(f"LoRA file not found: {spec}")
+    available = sorted(
+        entry[: -len(".safetensors")] if entry.endswith(".safetensors") else entry
+        for entry in (os.listdir(lora_dir) if os.path.isdir(lora_dir) else [])
+        if entry.endswith(".safetensors") or _is_converted(os.path.join(lora_dir, entry))
+    )
+    raise FileNotFoundError(
+        f"LoRA {spec!r} not found: no such file or folder, nor {named_folder}/ or {named_file}; "
+        f"available in {lora_dir}/: {', '.join(available) or 'none'}"
+    )
+
+
+def _replace_image_model(pipe, folder: str) -> None:
+    """Swap in the converted folder's UNet (and text encoder, where the image model has its own)."""
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", dtype=pipe.image_unet.dtype)
+    pipe.register_modules(image_unet=unet.to(pipe.image_unet.device))
+    old_encoder = getattr(pipe, "image_text_encoder", None)
+    if old_encoder is not None:
+        encoder = type(old_encoder).from_pretrained(folder, subfolder="text_encoder", dtype=old_encoder.dtype)
+        pipe.register_modules(image_text_encoder=encoder.to(old_encoder.device))
+
+
+def apply_lora_to_pipeline(
+    pipe,
+    spec: str,
+    scale: Optional[float] = None,
+    target: str = "image",
+    lora_dir: str = DEFAULT_LORA_DIR,
+) -> Dict[str, object]:
+    """Apply the LoRA ``spec`` names (see :func:`resolve_lora`) to an IV-mixed pipeline, fused into its weights.
+
+    ``target``: ``"image"`` (``pipe.image_unet``, and ``pipe.image_text_encoder`` where the image model has its
+    own), ``"video"`` (``pipe.unet`` and ``pipe.text_encoder``) or ``"both"``. A ``.safetensors`` file is loaded
+    directly at strength ``scale`` (default :data:`DEFAULT_ALPHA`, the converter's default, so both routes give
+    the same model). A converted folder replaces the image model; its strength was fixed at conversion, so
+    ``scale`` does not apply. Call this before enabling CPU offload. Returns a record for the run's JSON.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"LoRA target must be one of {', '.join(TARGETS)}, not {target!r}")
+    if target in ("image", "both") and getattr(pipe, "image_unet", None) is None:
+        raise ValueError("the pipeline has no image model (image_unet) to apply the LoRA to; use --lora-target video")
+    kind, path = resolve_lora(spec, lora_dir)
+    name = os.path.basename(os.path.normpath(path)).removesuffix(".safetensors")
+    record = {"name": name, "path": path, "kind": kind, "scale": scale, "target": target}
+    if kind == "folder":
+        if target != "image":
+            raise ValueError(
+                f"{path} is a converted Stable Diffusion folder and can only replace the image model; "
+                "pass the LoRA's .safetensors file to apply it to the video model"
+            )
+        if scale is not None:
+            logger.warning("LoRA scale %s ignored: converted folder %s was merged at its --alpha", scale, path)
+        _replace_image_model(pipe, path)
+        record["scale"] = None
+        return record
+
+    scale = DEFAULT_ALPHA if scale is None else scale
+    record["scale"] = scale
+    targets = []
+    if target in ("image", "both"):
+        targets.append((UNET_PREFIX, pipe.image_unet))
+        if getattr(pipe, "image_text_encoder", None) is not None:
+            targets.append((TEXT_ENCODER_PREFIX, pipe.image_text_encoder))
+    if target in ("video", "both"):
+        if not hasattr(pipe.unet, "load_lora_adapter"):
+            raise ValueError(
+                f"the video model's {type(pipe.unet).__name__} cannot take a LoRA; use --lora-target image"
+            )
+        targets += [(UNET_PREFIX, pipe.unet), (TEXT_ENCODER_PREFIX, pipe.text_encoder)]
+    state_dict = read_lora_file(path)
+    if not any(prefix == TEXT_ENCODER_PREFIX for prefix, _ in targets):
+        left_out = {key.partition(".")[0] for key in state_dict if key.startswith(TEXT_ENCODER_PREFIX + "_")}
+        if left_out:
+            logger.info(
+                "%d text-encoder layers of %s not applied: the image model shares the video model's text "
+                "encoder (target 'both' applies them to it)", len(left_out), path,
+            )
+        state_dict = {key: value for key, value in state_dict.items() if key.partition(".")[0] not in left_out}
+    record.update(merge_lora(state_dict, targets, scale, source=path))
+    return record

@@ -1,0 +1,51 @@
+"""ModelScope text-to-video (``ali-vilab/text-to-video-ms-1.7b``) with a Stable Diffusion 1.5 image model."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from diffusers import DDIMScheduler
+from diffusers.utils import logging
+
+from .animatediff import DDIM_SETTINGS
+from .text_to_video import IVMixedTextToVideoPipeline, load_image_components
+
+logger = logging.get_logger(__name__)
+
+DEFAULT_VIDEO_MODEL = "ali-vilab/text-to-video-ms-1.7b"
+DEFAULT_IMAGE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+class IVMixedModelScopePipeline(IVMixedTextToVideoPipeline):
+    """ModelScope's ``TextToVideoSDPipeline`` plus an SD 1.5 image model with its own text encoder.
+
+    ModelScope runs at 256x256 (32x32 latents) while SD 1.5 is native at 64x64 latents, so the image model's
+    predictions are made on frames resized (nearest) to its sample size and resized back.
+    With ``iv_mixed=False`` a call is diffusers' stock text-to-video sampling.
+    """
+
+    @classmethod
+    def from_checkpoints(
+        cls,
+        video_model: str = DEFAULT_VIDEO_MODEL,
+        image_model: str = DEFAULT_IMAGE_MODEL,
+        dtype: torch.dtype = torch.float32,
+        scheduler_settings: Optional[Dict] = None,
+    ) -> "IVMixedModelScopePipeline":
+        """Build the pipeline from hub ids or local folders: a ModelScope checkpoint and an SD 1.5 image model.
+
+        In fp16 the video model's ``fp16`` variant is loaded when it has one. Its scheduler is replaced by DDIM
+        over the same betas (``scheduler_settings`` override).
+        """
+        components = load_image_components(image_model, dtype)
+        pipe = None
+        if dtype == torch.float16:
+            try:
+                pipe = cls.from_pretrained(video_model, variant="fp16", dtype=dtype, **components)
+            except (OSError, ValueError):
+                logger.info(f"{video_model} has no fp16 variant; loading its default weights as {dtype}")
+        if pipe is None:
+            pipe = cls.from_pretrained(video_model, dtype=dtype, **components)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **{**DDIM_SETTINGS, **(scheduler_settings or {})})
+        return pipe

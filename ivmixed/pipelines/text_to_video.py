@@ -1,0 +1,244 @@
+"""What the 3D-UNet text-to-video pipelines (ModelScope, VideoCrafter2) share.
+
+diffusers keeps ``TextToVideoSDPipeline`` under ``diffusers.pipelines.deprecated``; nothing here imports it.
+Its pieces are diffusers' Stable Diffusion ones (the methods below are borrowed from non-deprecated pipelines
+that carry identical copies), so a call with ``iv_mixed=False`` is the stock text-to-video sampling.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Union
+
+import torch
+from diffusers import AnimateDiffSparseControlNetPipeline, DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
+from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
+from diffusers.video_processor import VideoProcessor
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from ..sampler import IVMixedSettings
+from .common import IVMixedPipelineOutput, guided_predictor, iv_mixed_settings, per_frame_predictor, run_sampler
+
+
+def load_image_components(image_model: str, dtype: torch.dtype) -> Dict:
+    """The image model's UNet, text encoder and tokenizer from an SD 1.5-layout hub id or folder."""
+    return {
+        "image_unet": UNet2DConditionModel.from_pretrained(image_model, subfolder="unet", dtype=dtype),
+        "image_text_encoder": CLIPTextModel.from_pretrained(image_model, subfolder="text_encoder", dtype=dtype),
+        "image_tokenizer": CLIPTokenizer.from_pretrained(image_model, subfolder="tokenizer"),
+    }
+
+
+class _ImagePromptEncoder(TextualInversionLoaderMixin):
+    """The image model's own text encoder and tokenizer behind diffusers' Stable Diffusion prompt encoding."""
+
+    encode_prompt = StableDiffusionPipeline.encode_prompt
+    unet = None
+
+    def __init__(self, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer):
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+
+
+def _uses_image_model(settings: Optional[IVMixedSettings]) -> bool:
+    if settings is None:
+        return False
+    return any(settings.uses_image_model(i) for i in range(settings.interval_begin, settings.interval_end + 1))
+
+
+class IVMixedTextToVideoPipeline(
+    DiffusionPipeline, StableDiffusionMixin, TextualInversionLoaderMixin, StableDiffusionLoraLoaderMixin
+):
+    """A 3D-UNet text-to-video pipeline (diffusers' ``TextToVideoSDPipeline``) plus an image model and IV-mixed sampling.
+
+    The image model (``image_unet``) conditions on its own text encoder and tokenizer. Latents are
+    ``(batch, channels, frames, height, width)``; the image model sees every frame as an image. The image
+    components are optional: without them only ``iv_mixed=False`` or a video-only zigzag (``zz=1``) runs.
+    """
+
+    model_cpu_offload_seq = "text_encoder->image_text_encoder->unet->image_unet->vae"
+    _optional_components = ["image_unet", "image_text_encoder", "image_tokenizer"]
+    _callback_tensor_inputs = ["latents"]
+    # Resize frames to the image UNet's native sample size for its predictions (and back).
+    resize_image_latents = True
+    # Pixel size when the UNet's config has no sample_size.
+    fallback_height = 256
+    fallback_width = 256
+    default_zz = 1000
+
+    # diffusers' Stable Diffusion prompt encoding, input checks and scheduler keywords.
+    encode_prompt = StableDiffusionPipeline.encode_prompt
+    check_inputs = StableDiffusionPipeline.check_inputs
+    prepare_extra_step_kwargs = StableDiffusionPipeline.prepare_extra_step_kwargs
+    # diffusers' text-to-video latents (b, c, f, h, w) and decoding, as copied into the SparseCtrl pipeline.
+    prepare_latents = AnimateDiffSparseControlNetPipeline.prepare_latents
+    decode_latents = AnimateDiffSparseControlNetPipeline.decode_latents
+
+    def __init__(
+        self,
+        vae,
+        text_encoder,
+        tokenizer,
+        unet,
+        scheduler,
+        image_unet: Optional[UNet2DConditionModel] = None,
+        image_text_encoder: Optional[CLIPTextModel] = None,
+        image_tokenizer: Optional[CLIPTokenizer] = None,
+    ):
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            image_unet=image_unet,
+            image_text_encoder=image_text_encoder,
+            image_tokenizer=image_tokenizer,
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
+        self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=self.vae_scale_factor)
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    def _video_unet_kwargs(self) -> Dict:
+        """Extra keywords of every video UNet call (VideoCrafter's fps)."""
+        return {}
+
+    def _default_size(self):
+        sample_size = self.unet.config.sample_size
+        if sample_size is None:
+            return self.fallback_height, self.fallback_width
+        return sample_size * self.vae_scale_factor, sample_size * self.vae_scale_factor
+
+    def encode_image_prompt(
+        self,
+        prompt: Union[str, List[str]],
+        negative_prompt: Union[str, List[str], None],
+        num_frames: int,
+        with_uncond: bool,
+        device,
+        clip_skip: Optional[int] = None,
+    ) -> torch.Tensor:
+        """The image model's embeddings, ``[uncond; cond]`` when guided, one per frame (``(b f)`` order)."""
+        encoder = _ImagePromptEncoder(self.image_text_encoder, self.image_tokenizer)
+        embeds, negative_embeds = encoder.encode_prompt(
+            prompt, device, 1, with_uncond, negative_prompt, clip_skip=clip_skip
+        )
+        if with_uncond:
+            embeds = torch.cat([negative_embeds, embeds])
+        return embeds.repeat_interleave(num_frames, dim=0).to(self.image_unet.dtype)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: Union[str, List[str], None] = None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        num_frames: int = 16,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 9.0,
+        negative_prompt: Union[str, List[str], None] = None,
+        eta: float = 0.0,
+        generator: Union[torch.Generator, List[torch.Generator], None] = None,
+        latents: Optional[torch.Tensor] = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        cross_attention_kwargs: Optional[Dict] = None,
+        clip_skip: Optional[int] = None,
+        callback_on_step_end: Optional[Callable] = None,
+        callback_on_step_end_tensor_inputs: List[str] = ["latents"],
+        iv_mixed: bool = True,
+        interval_begin: int = 0,
+        interval_end: Optional[int] = None,
+        zz: Optional[int] = None,
+        i_sigma_begin: float = 4.0,
+        i_sigma_end: float = 4.0,
+        v_sigma_begin: float = 4.0,
+        v_sigma_end: float = 4.0,
+        rho: float = 7.0,
+    ):
+        """Generate a video; the IV-mixed keywords are those of :class:`ivmixed.IVMixedSettings`.
+
+        ``height``/``width`` default to the UNet's sample size (times the VAE's scale), ``zz`` to the pipeline's
+        ``default_zz``. Returns :class:`IVMixedPipelineOutput` (``frames`` as ``output_type``, plus the number of
+        guided network calls per model), or ``(frames, network_calls)`` when ``return_dict=False``.
+        """
+        default_height, default_width = self._default_size()
+        height = height or default_height
+        width = width or default_width
+        self.check_inputs(
+            prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds,
+            None, None, callback_on_step_end_tensor_inputs,
+        )
+        settings = iv_mixed_settings(
+            iv_mixed, interval_begin, interval_end, self.default_zz if zz is None else zz, i_sigma_begin, i_sigma_end,
+            v_sigma_begin, v_sigma_end, rho, num_inference_steps,
+        )
+        uses_image_model = _uses_image_model(settings)
+        if uses_image_model and (self.image_unet is None or self.image_text_encoder is None or self.image_tokenizer is None):
+            raise ValueError(
+                "this zz and interval use the image model, but the pipeline has no image_unet/image_text_encoder/"
+                "image_tokenizer; load them (e.g. with from_checkpoints), or pass iv_mixed=False or zz=1"
+            )
+        if uses_image_model and prompt is None:
+            raise ValueError("the image model encodes `prompt` with its own text encoder: pass `prompt`, not only embeddings")
+        self._guidance_scale = guidance_scale
+        if isinstance(prompt, str):
+            batch_size = 1
+        elif isinstance(prompt, list):
+            batch_size = len(prompt)
+        else:
+            batch_size = prompt_embeds.shape[0]
+        device = self._execution_device
+
+        # The zigzag's negative-guidance inversions need the unconditional half even when guidance_scale <= 1.
+        with_uncond = guidance_scale > 1.0 or settings is not None
+        lora_scale = cross_attention_kwargs.get("scale") if cross_attention_kwargs else None
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt, device, 1, with_uncond, negative_prompt,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            lora_scale=lora_scale, clip_skip=clip_skip,
+        )
+        if with_uncond:
+            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self._num_timesteps = len(self.scheduler.timesteps)
+        latents = self.prepare_latents(
+            batch_size, self.unet.config.in_channels, num_frames, height, width,
+            prompt_embeds.dtype, device, generator, latents,
+        )
+
+        video_predictor = guided_predictor(
+            self.unet, prompt_embeds, with_uncond, cross_attention_kwargs=cross_attention_kwargs,
+            **self._video_unet_kwargs(),
+        )
+        image_predictor = None
+        if uses_image_model:
+            image_embeds = self.encode_image_prompt(prompt, negative_prompt, num_frames, with_uncond, device, clip_skip)
+            image_predictor = per_frame_predictor(
+                guided_predictor(self.image_unet, image_embeds, with_uncond, cross_attention_kwargs=cross_attention_kwargs),
+                sample_size=self.image_unet.config.sample_size if self.resize_image_latents else None,
+            )
+        latents, counts = run_sampler(
+            self, video_predictor, image_predictor, latents, guidance_scale, settings,
+            self.prepare_extra_step_kwargs(generator, eta), callback_on_step_end,
+        )
+
+        if output_type == "latent":
+            video = latents
+        else:
+            video = self.video_processor.postprocess_video(video=self.decode_latents(latents), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (video, counts)
+        return IVMixedPipelineOutput(frames=video, network_calls=counts)

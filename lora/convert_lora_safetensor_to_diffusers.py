@@ -1,0 +1,50 @@
+"""Merge a kohya-format LoRA (.safetensors, e.g. from Civitai) into a Stable Diffusion 1.x model.
+
+Writes a complete diffusers folder (StableDiffusionPipeline layout) that `inference.py --lora NAME` can use:
+
+    python lora/convert_lora_safetensor_to_diffusers.py --base_model_path stable-diffusion-v1-5/stable-diffusion-v1-5 \
+        --checkpoint_path ~/Downloads/amechass.safetensors --dump_path lora/amechass --alpha 0.75
+
+The logic lives in `ivmixed.lora`; this is its command line.
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere, uninstalled
+
+from ivmixed.lora import DEFAULT_ALPHA, TEXT_ENCODER_PREFIX, UNET_PREFIX, convert_lora  # noqa: E402
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base_model_path", required=True,
+                        help="Stable Diffusion 1.x folder or hub id (diffusers layout)")
+    parser.add_argument("--checkpoint_path", required=True, help="the kohya-format LoRA .safetensors file")
+    parser.add_argument("--dump_path", required=True, help="output folder; must not exist yet")
+    parser.add_argument("--lora_prefix_unet", default=UNET_PREFIX, help="key prefix of the UNet layers in the file")
+    parser.add_argument("--lora_prefix_text_encoder", default=TEXT_ENCODER_PREFIX,
+                        help="key prefix of the text-encoder layers in the file")
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                        help="merge ratio: W += alpha * (file alpha / rank) * up @ down")
+    parser.add_argument("--to_safetensors", action="store_true",
+                        help="save the UNet and VAE as .safetensors instead of .bin (transformers 5 always "
+                             "saves the text encoder as .safetensors)")
+    parser.add_argument("--device", default="cpu", help="device to merge on, e.g. cpu or cuda")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        convert_lora(
+            args.base_model_path, args.checkpoint_path, args.dump_path, alpha=args.alpha,
+            lora_prefix_unet=args.lora_prefix_unet, lora_prefix_text_encoder=args.lora_prefix_text_encoder,
+            to_safetensors=args.to_safetensors, device=args.device,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()

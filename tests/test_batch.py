@@ -1,0 +1,142 @@
+"""Benchmark-scale runs: prompt files, the manifest and resume, several processes, interruption, side by side."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import imageio.v3 as iio
+import pytest
+
+from ivmixed.cli import main
+from ivmixed.config import ConfigError
+from ivmixed.manifest import Manifest
+from ivmixed.prompts import Job, read_prompt_file, unique_jobs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--tiny", "--inference-step", "2", "--num-frames", "2", "--device", "cpu"]
+
+
+def manifest_lines(folder):
+    with open(os.path.join(folder, "manifest.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_txt_prompt_file_skips_blanks_and_comments(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("# a comment\nfirst prompt\n\n   \n  second prompt  \n#another\n")
+    assert read_prompt_file(str(path), 5) == [Job("first prompt", 5), Job("second prompt", 5)]
+
+
+def test_csv_and_jsonl_prompt_files_with_seeds(tmp_path):
+    csv_path = tmp_path / "p.csv"
+    csv_path.write_text('prompt,seed,negative_prompt,id\n"a cat, running",7,,cat\na dog,,blurry,\n')
+    assert read_prompt_file(str(csv_path), 1) == [Job("a cat, running", 7, None, "cat"), Job("a dog", 1, "blurry")]
+    jsonl_path = tmp_path / "p.jsonl"
+    jsonl_path.write_text('{"prompt": "a cat", "seed": 3}\n\n{"prompt": "a dog", "id": 12}\n')
+    assert read_prompt_file(str(jsonl_path), 1, "ugly") == [Job("a cat", 3, "ugly"), Job("a dog", 1, "ugly", "12")]
+
+
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("p.csv", "text\nhello\n", "needs a header row with a 'prompt' column"),
+        ("p.jsonl", '{"prompt": "x"}\nnot json\n', "p.jsonl:2: not a JSON object"),
+        ("p.csv", "prompt,seed\nx,abc\n", "seed must be an integer"),
+        ("p.txt", "# only a comment\n\n", "holds no prompts"),
+        ("p.md", "x\n", "must end in"),
+    ],
+)
+def test_bad_prompt_files(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        read_prompt_file(str(path), 1)
+
+
+def test_duplicate_prompts_are_made_once():
+    jobs = [Job("a cat", 1), Job("a cat", 1), Job("a cat", 2)]
+    assert unique_jobs(jobs, "Animatediff") == [Job("a cat", 1), Job("a cat", 2)]
+
+
+def test_manifest_resume_and_side_by_side(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a red car", "seed": 1}\n{"prompt": "a blue sky", "seed": 2, "id": "sky"}\n')
+    out = tmp_path / "out"
+    args = [*TINY, "--prompt-file", str(prompts), "--output-dir", str(out), "--side-by-side"]
+    assert main(args) == 0
+    records = manifest_lines(out)
+    assert [(r["id"], r["seed"]) for r in records] == [("a-red-car_1_Animatediff", 1), ("sky", 2)]
+    for r in records:
+        assert set(r["files"]) == {"iv_mix", "standard", "side_by_side", "contact_sheet", "record"}
+        iv, std = iio.imread(out / r["files"]["iv_mix"]), iio.imread(out / r["files"]["standard"])
+        both = iio.imread(out / r["files"]["side_by_side"])
+        assert both.shape == (2, 64, iv.shape[2] + std.shape[2], 3)
+        sheet = iio.imread(out / r["files"]["contact_sheet"])
+        assert sheet.shape[:2] == (2 * 64, 2 * 64)
+    assert (out / "sky_2_Animatediff_iv_mix.mp4").exists()
+    mtimes = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main(args) == 0  # a rerun makes nothing new
+    assert len(manifest_lines(out)) == 2
+    assert {p: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "manifest.jsonl"} == {
+        p: t for p, t in mtimes.items() if p.name != "manifest.jsonl"}
+    os.remove(out / records[0]["files"]["standard"])  # a lost file makes its prompt unfinished again
+    assert main(args) == 0
+    assert len(manifest_lines(out)) == 3 and (out / records[0]["files"]["standard"]).exists()
+
+
+def test_manifest_append_from_many_writers_keeps_whole_lines(tmp_path):
+    code = ("import sys; from ivmixed.manifest import Manifest; m = Manifest(sys.argv[1]);\n"
+            "[m.append({'id': f'{sys.argv[2]}-{i}', 'pad': 'x' * 20000}) for i in range(30)]")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(w)], cwd=ROOT) for w in range(3)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    assert len(Manifest(str(tmp_path)).records()) == 90
+
+
+def test_two_processes_with_torchrun_make_each_video_once(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red car\na blue sky\na green tree\na dog\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "inference.py", *TINY,
+           "--no-standard", "--prompt-file", str(prompts), "--output-dir", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = manifest_lines(out)
+    assert sorted(r["prompt"] for r in records) == ["a blue sky", "a dog", "a green tree", "a red car"]
+    assert len({r["id"] for r in records}) == 4
+    assert sorted(p for p in os.listdir(out) if p.endswith(".mp4")) == sorted(r["files"]["iv_mix"] for r in records)
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and len(manifest_lines(out)) == 4
+    assert "4 already finished" in again.stderr
+
+
+def test_interrupted_run_leaves_valid_files_and_resumes(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"prompt number {i}\n" for i in range(6)))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "inference.py", "--tiny", "--inference-step", "6", "--num-frames", "4", "--device", "cpu",
+           "--prompt-file", str(prompts), "--output-dir", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "manifest.jsonl").exists():
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "Run the same command again" in err
+    done = manifest_lines(out)
+    assert 1 <= len(done) < 6
+    assert not [p for p in os.listdir(out) if "partial" in p]
+    for r in done:
+        for f in r["files"].values():
+            assert (out / f).exists()
+    for p in out.glob("*.mp4"):
+        assert iio.imread(p).shape[0] == 4
+    resumed = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0
+    assert sorted(r["prompt"] for r in manifest_lines(out)) == [f"prompt number {i}" for i in range(6)]
