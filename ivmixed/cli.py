@@ -27,7 +27,10 @@ logger = logging.getLogger("ivmixed")
 
 DTYPES = ("fp16", "bf16", "fp32")
 IV_MIXED_KEYS = ("interval_begin", "interval_end", "zz", "i_sigma_begin", "i_sigma_end", "v_sigma_begin", "v_sigma_end", "rho")
-MODEL_FLAGS = {"video_model": "--video-model", "motion_adapter": "--motion-adapter", "image_model": "--image-model"}
+MODEL_FLAGS = {"video_model": "--video-model", "motion_adapter": "--motion-adapter", "unet": "--unet",
+               "image_model": "--image-model"}
+# Flags that only one pipeline takes.
+PIPELINE_ONLY = {"motion_adapter": "Animatediff", "unet": "VideoCrafter", "fps_condition": "VideoCrafter"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,10 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("models")
     g.add_argument("--video-model", help="hub id or local folder of the video model (default: the pipeline's)")
-    g.add_argument("--motion-adapter", help="hub id or local folder of the AnimateDiff motion adapter")
+    g.add_argument("--motion-adapter", help="Animatediff: hub id or local folder of the motion adapter")
+    g.add_argument("--unet", help="VideoCrafter: hub id or local folder of the VideoCrafter2 UNet")
     g.add_argument("--image-model", help="hub id or local folder of the image model (SD 1.5 family)")
     g.add_argument("--lora", help="LoRA for the image model: a name under lora/, a converted folder or a .safetensors file")
-    g.add_argument("--lora-scale", type=float, help="LoRA strength (default 1.0)")
+    g.add_argument("--lora-scale", type=float,
+                   help="strength of a LoRA .safetensors file (default 0.75, as the converter's --alpha)")
     g.add_argument("--lora-target", choices=("image", "video", "both"), help="which UNet(s) get the LoRA (default image)")
     g.add_argument("--tiny", action="store_true", default=None,
                    help="random tiny models, offline, in seconds: checks an install; the videos are noise")
@@ -78,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output-dir", help=f"where videos and the JSON record go (default {d['output_dir']}/)")
     g.add_argument("--format", choices=VIDEO_FORMATS, help="video file format (default mp4)")
     g.add_argument("--fps", type=int, help=f"frames per second of the written videos (default {d['fps']})")
+    g.add_argument("--fps-condition", type=int,
+                   help=f"VideoCrafter: the frame rate its UNet is conditioned on (default {d['fps_condition']})")
     g.add_argument("--no-standard", action="store_true", default=None, help="skip the standard (baseline) video")
     g.add_argument("--side-by-side", action="store_true", default=None,
                    help="also write a labelled standard|IV-mixed video and a PNG contact sheet per prompt")
@@ -96,7 +103,7 @@ def validate(s: Dict[str, Any]) -> None:
         raise ConfigError("give either --prompt or --prompt-file, not both")
     if not s["prompt_file"] and (not s["prompt"] or not str(s["prompt"]).strip()):
         raise ConfigError("a prompt is required: pass --prompt \"...\" or --prompt-file FILE (or set it in --config)")
-    for key in ("inference_step", "num_frames", "fps"):
+    for key in ("inference_step", "num_frames", "fps", "fps_condition"):
         if int(s[key]) < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {s[key]}")
     for key in ("height", "width"):
@@ -114,8 +121,9 @@ def validate(s: Dict[str, Any]) -> None:
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {s['device']} asked for CUDA, but torch sees no CUDA GPU; pass --device cpu "
                               "(with --tiny for a quick check) or install a CUDA build of torch")
-    if s["motion_adapter"] is not None and s["pipeline"] != "Animatediff":
-        raise ConfigError("--motion-adapter applies to --pipeline Animatediff only")
+    for key, pipeline in PIPELINE_ONLY.items():
+        if s[key] is not None and s[key] != DEFAULTS[key] and s["pipeline"] != pipeline:
+            raise ConfigError(f"--{key.replace('_', '-')} applies to --pipeline {pipeline} only")
     try:
         iv_settings(s).check(int(s["inference_step"]))
     except ValueError as exc:
@@ -186,6 +194,8 @@ def generate(pipe, s: Dict[str, Any], job: Job, iv_mixed: bool):
     )
     if iv_mixed:
         kwargs.update(vars(iv_settings(s)))
+    if s["pipeline"] == "VideoCrafter":
+        kwargs["fps"] = int(s["fps_condition"])
     return pipe(**kwargs)
 
 
@@ -309,13 +319,15 @@ def _make_all(s: Dict[str, Any], jobs: List[Job], manifest: Manifest, is_main: b
     t0 = time.perf_counter()
     pipe = PIPELINES[s["pipeline"]].from_checkpoints(**models, dtype=dtype)
     pipe.to(device)
-    pipe.set_progress_bar_config(position=1, leave=False, disable=not is_main)
+    overall_bar = is_main and len(jobs) > 1
+    pipe.set_progress_bar_config(position=1 if overall_bar else 0, leave=not overall_bar, disable=not is_main)
     load_s = round(time.perf_counter() - t0, 3)
     lora_record = None
     if s["lora"]:
         from .lora import apply_lora_to_pipeline
 
-        lora_record = apply_lora_to_pipeline(pipe, s["lora"], float(s["lora_scale"]), s["lora_target"])
+        scale = None if s["lora_scale"] is None else float(s["lora_scale"])
+        lora_record = apply_lora_to_pipeline(pipe, s["lora"], scale, s["lora_target"])
     run_info = {
         "models": {k: ("tiny-random" if s["tiny"] else v) for k, v in models.items()},
         "lora": lora_record,
@@ -325,7 +337,7 @@ def _make_all(s: Dict[str, Any], jobs: List[Job], manifest: Manifest, is_main: b
         "versions": package_versions(),
     }
     finished = 0
-    for job in tqdm(jobs, desc="prompts", position=0, disable=not is_main or len(jobs) < 2):
+    for job in tqdm(jobs, desc="prompts", position=0, disable=not overall_bar):
         manifest.append(make_videos(pipe, s, job, run_info))
         finished += 1
     return finished

@@ -39,7 +39,7 @@ def read_manifest(output_dir: str) -> List[Dict[str, Any]]:
     """The manifest's records, one per prompt id (the last line for an id wins), each checked for the
     fields scoring needs; lines that are not records are skipped with a warning by :class:`Manifest`."""
     if not os.path.isdir(output_dir):
-        raise UsageError(f"no such folder '{output_dir}'; pass the --output_dir that inference.py wrote to")
+        raise UsageError(f"no such folder '{output_dir}'; pass the --output-dir that inference.py wrote to")
     manifest = Manifest(output_dir)
     if not os.path.isfile(manifest.path):
         raise UsageError(f"no {MANIFEST_NAME} in '{output_dir}'; run inference.py with this --output_dir first")

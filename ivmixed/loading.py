@@ -30,7 +30,7 @@ def loading(what: str, model_id: str, flag: str) -> Iterator[None]:
         raise
     except Exception as exc:  # loaders raise OSError, ValueError, EnvironmentError, hub and safetensors errors
         if os.path.isdir(model_id):
-            fix = f"check that the folder holds a complete diffusers checkpoint, or pass another with {flag}"
+            fix = f"check that the folder holds a complete checkpoint, or pass another with {flag}"
         elif looks_like_path(model_id):
             raise ModelLoadError(f"could not load the {what}: no folder {model_id}; check the path given with {flag}") from exc
         else:

@@ -20,6 +20,7 @@ FLAGS = [
     "--i_sigma_begin", "--i_sigma_end", "--v_sigma_begin", "--v_sigma_end", "--rho", "--lora", "--negative-prompt",
     "--num-frames", "--height", "--width", "--guidance-scale", "--fps", "--output-dir", "--format", "--no-standard",
     "--config", "--device", "--dtype", "--video-model", "--motion-adapter", "--image-model", "--tiny",
+    "--prompt-file", "--side-by-side", "--overwrite", "--unet", "--fps-condition", "--lora-scale", "--lora-target",
 ]
 
 
@@ -64,6 +65,18 @@ def test_tiny_end_to_end_writes_videos_and_record(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if "partial" in p]
 
 
+@pytest.mark.parametrize("pipeline,calls", [("ModelScope", {"video": 9, "image": 6}), ("VideoCrafter", {"video": 11, "image": 4})])
+def test_tiny_end_to_end_other_pipelines(tmp_path, pipeline, calls):
+    code = main(["--tiny", "--pipeline", pipeline, "--prompt", "a cat", "--inference-step", "3", "--num-frames", "4",
+                 "--output-dir", str(tmp_path)])
+    assert code == 0
+    for kind in ("iv_mix", "standard"):
+        assert iio.imread(tmp_path / f"a-cat_23523_{pipeline}_{kind}.mp4").shape == (4, 64, 64, 3)
+    record = json.loads((tmp_path / f"a-cat_23523_{pipeline}.json").read_text())
+    assert record["network_calls"] == {"iv_mix": calls, "standard": {"video": 3, "image": 0}}
+    assert record["settings"]["guidance_scale"] == 9.0  # the pipeline's own default
+
+
 def test_gif_without_standard_and_config_file(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"tiny": True, "inference_step": 2, "num_frames": 3, "format": "gif", "zz": 1}))
@@ -87,6 +100,8 @@ BAD_INPUTS = [
     (["--height", "500"], "--height must be a positive multiple of 8"),
     (["--num-frames", "0"], "--num-frames must be at least 1"),
     (["--pipeline", "ModelScope", "--motion-adapter", "x"], "--motion-adapter applies to --pipeline Animatediff"),
+    (["--unet", "x"], "--unet applies to --pipeline VideoCrafter"),
+    (["--fps-condition", "12"], "--fps-condition applies to --pipeline VideoCrafter"),
     (["--config", "/no/such/file.yaml"], "config file not found"),
     (["--device", "cuda"], "torch sees no CUDA GPU"),
 ]

@@ -8,6 +8,7 @@ import torch
 from diffusers import DDIMScheduler
 from diffusers.utils import logging
 
+from ..loading import loading
 from .animatediff import DDIM_SETTINGS
 from .text_to_video import IVMixedTextToVideoPipeline, load_image_components
 
@@ -40,12 +41,13 @@ class IVMixedModelScopePipeline(IVMixedTextToVideoPipeline):
         """
         components = load_image_components(image_model, dtype)
         pipe = None
-        if dtype == torch.float16:
-            try:
-                pipe = cls.from_pretrained(video_model, variant="fp16", dtype=dtype, **components)
-            except (OSError, ValueError):
-                logger.info(f"{video_model} has no fp16 variant; loading its default weights as {dtype}")
-        if pipe is None:
-            pipe = cls.from_pretrained(video_model, dtype=dtype, **components)
+        with loading("video model", video_model, "--video-model"):
+            if dtype == torch.float16:
+                try:
+                    pipe = cls.from_pretrained(video_model, variant="fp16", dtype=dtype, **components)
+                except (OSError, ValueError):
+                    logger.info(f"{video_model} has no fp16 variant; loading its default weights as {dtype}")
+            if pipe is None:
+                pipe = cls.from_pretrained(video_model, dtype=dtype, **components)
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **{**DDIM_SETTINGS, **(scheduler_settings or {})})
         return pipe

@@ -16,17 +16,19 @@ from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.video_processor import VideoProcessor
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from ..loading import loading
 from ..sampler import IVMixedSettings
 from .common import IVMixedPipelineOutput, guided_predictor, iv_mixed_settings, per_frame_predictor, run_sampler
 
 
 def load_image_components(image_model: str, dtype: torch.dtype) -> Dict:
     """The image model's UNet, text encoder and tokenizer from an SD 1.5-layout hub id or folder."""
-    return {
-        "image_unet": UNet2DConditionModel.from_pretrained(image_model, subfolder="unet", dtype=dtype),
-        "image_text_encoder": CLIPTextModel.from_pretrained(image_model, subfolder="text_encoder", dtype=dtype),
-        "image_tokenizer": CLIPTokenizer.from_pretrained(image_model, subfolder="tokenizer"),
-    }
+    with loading("image model", image_model, "--image-model"):
+        return {
+            "image_unet": UNet2DConditionModel.from_pretrained(image_model, subfolder="unet", dtype=dtype),
+            "image_text_encoder": CLIPTextModel.from_pretrained(image_model, subfolder="text_encoder", dtype=dtype),
+            "image_tokenizer": CLIPTokenizer.from_pretrained(image_model, subfolder="tokenizer"),
+        }
 
 
 class _ImagePromptEncoder(TextualInversionLoaderMixin):

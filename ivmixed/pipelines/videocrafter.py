@@ -7,6 +7,7 @@ from typing import Dict, Optional
 import torch
 from diffusers import DPMSolverMultistepScheduler
 
+from ..loading import loading
 from ..models import VideoCrafterUNet3DConditionModel
 from .text_to_video import IVMixedTextToVideoPipeline, load_image_components
 
@@ -46,8 +47,10 @@ class IVMixedVideoCrafterPipeline(IVMixedTextToVideoPipeline):
         The scheduler is DPM-Solver++ (SDE) from Zeroscope's scheduler config (``scheduler_settings`` override).
         """
         components = load_image_components(image_model, dtype)
-        components["unet"] = VideoCrafterUNet3DConditionModel.from_pretrained(unet, dtype=dtype)
-        pipe = cls.from_pretrained(video_model, dtype=dtype, **components)
+        with loading("VideoCrafter2 UNet", unet, "--unet"):
+            components["unet"] = VideoCrafterUNet3DConditionModel.from_pretrained(unet, dtype=dtype)
+        with loading("video model", video_model, "--video-model"):
+            pipe = cls.from_pretrained(video_model, dtype=dtype, **components)
         pipe.scheduler = DPMSolverMultistepScheduler.from_config(
             pipe.scheduler.config, **{**DPM_SETTINGS, **(scheduler_settings or {})}
         )
