@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -19,13 +20,16 @@ from .compare import contact_sheet, side_by_side
 from .export import VIDEO_FORMATS, write_image, write_json, write_video
 from .manifest import Manifest
 from .prompts import Job, read_prompt_file, unique_jobs
-from .loading import ModelLoadError
+from .loading import ModelLoadError, looks_like_path
 from .sampler import IVMixedSettings, count_network_calls
 from tqdm.auto import tqdm
 
 logger = logging.getLogger("ivmixed")
 
 DTYPES = ("fp16", "bf16", "fp32")
+LORA_TARGETS = ("image", "video", "both")
+# Named LoRAs (``--lora NAME``) live in the repository's lora/ folder, wherever the tool is started from.
+LORA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lora")
 IV_MIXED_KEYS = ("interval_begin", "interval_end", "zz", "i_sigma_begin", "i_sigma_end", "v_sigma_begin", "v_sigma_end", "rho")
 MODEL_FLAGS = {"video_model": "--video-model", "motion_adapter": "--motion-adapter", "unet": "--unet",
                "image_model": "--image-model"}
@@ -75,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora", help="LoRA for the image model: a name under lora/, a converted folder or a .safetensors file")
     g.add_argument("--lora-scale", type=float,
                    help="strength of a LoRA .safetensors file (default 0.75, as the converter's --alpha)")
-    g.add_argument("--lora-target", choices=("image", "video", "both"), help="which UNet(s) get the LoRA (default image)")
+    g.add_argument("--lora-target", choices=LORA_TARGETS, help="which UNet(s) get the LoRA (default image)")
     g.add_argument("--tiny", action="store_true", default=None,
                    help="random tiny models, offline, in seconds: checks an install; the videos are noise")
 
@@ -109,8 +113,12 @@ def validate(s: Dict[str, Any]) -> None:
     for key in ("height", "width"):
         if int(s[key]) < 8 or int(s[key]) % 8:
             raise ConfigError(f"--{key} must be a positive multiple of 8, got {s[key]}")
-    if s["guidance_scale"] < 0:
-        raise ConfigError(f"--guidance-scale must be >= 0, got {s['guidance_scale']}")
+    if not math.isfinite(s["guidance_scale"]) or s["guidance_scale"] < 0:
+        raise ConfigError(f"--guidance-scale must be a number >= 0, got {s['guidance_scale']}")
+    if s["lora_scale"] is not None and not math.isfinite(s["lora_scale"]):
+        raise ConfigError(f"--lora-scale must be a finite number, got {s['lora_scale']}")
+    if s["lora_target"] not in LORA_TARGETS:
+        raise ConfigError(f"--lora-target must be one of {', '.join(LORA_TARGETS)}, got {s['lora_target']!r}")
     if s["format"] not in VIDEO_FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(VIDEO_FORMATS)}, got {s['format']!r}")
     if s["dtype"] is not None and s["dtype"] not in DTYPES:
@@ -128,6 +136,44 @@ def validate(s: Dict[str, Any]) -> None:
         iv_settings(s).check(int(s["inference_step"]))
     except ValueError as exc:
         raise ConfigError(f"{exc} (see --help for the IV-mixed flags)") from None
+    if not s["tiny"]:
+        for key, flag in MODEL_FLAGS.items():
+            if s[key] is not None and looks_like_path(s[key]) and not os.path.isdir(os.path.expanduser(s[key])):
+                raise ConfigError(f"{flag} {s[key]}: no such folder; give an existing checkpoint folder or a hub id")
+    if s["lora"]:
+        from .lora import resolve_lora
+
+        try:
+            resolve_lora(s["lora"], LORA_DIR)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"--lora: {exc}") from None
+    check_output_dir(s["output_dir"])
+
+
+def check_output_dir(folder: str) -> None:
+    """Fail now, not after an hour of sampling, when the output folder cannot be created or written."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".ivmixed-write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write to --output-dir {folder} ({exc.strerror or exc}); choose a writable folder") from None
+
+
+def check_frame_limit(s: Dict[str, Any], models: Dict[str, str]) -> None:
+    """AnimateDiff's motion modules have a maximum clip length; read it from the adapter's config, cheaply."""
+    if s["pipeline"] != "Animatediff":
+        return
+    from diffusers import MotionAdapter
+
+    try:
+        config = MotionAdapter.load_config(models["motion_adapter"])
+    except Exception:  # not cached or unreadable: loading the adapter will say so properly
+        return
+    limit = config.get("motion_max_seq_length", 32)
+    if int(s["num_frames"]) > limit:
+        raise ConfigError(f"--num-frames {s['num_frames']} is more than the motion adapter supports ({limit}); "
+                          f"use at most {limit} frames")
 
 
 def iv_settings(s: Dict[str, Any]) -> IVMixedSettings:
@@ -218,6 +264,11 @@ def process_state(s: Dict[str, Any]):
     return PartialState(cpu=s["device"] == "cpu" or not torch.cuda.is_available())
 
 
+def _note_replacement(out_dir: str, name: str, overwrite: bool) -> None:
+    if os.path.exists(os.path.join(out_dir, name)):
+        logger.warning("replacing %s (%s)", name, "--overwrite" if overwrite else "left by an unfinished run of this prompt")
+
+
 def make_videos(pipe, s: Dict[str, Any], job: Job, run_info: Dict[str, Any]) -> Dict[str, Any]:
     """Generate and write one prompt's videos; returns its record (also written as ``<stem>.json``)."""
     out_dir, fmt, stem = s["output_dir"], s["format"], job.stem(s["pipeline"])
@@ -232,6 +283,7 @@ def make_videos(pipe, s: Dict[str, Any], job: Job, run_info: Dict[str, Any]) -> 
         timings[f"{name}_s"] = round(time.perf_counter() - t0, 3)
         calls[name], frames[name] = out.network_calls, out.frames[0]
         files[name] = f"{stem}_{name}.{fmt}"
+        _note_replacement(out_dir, files[name], s["overwrite"])
         write_video(frames[name], os.path.join(out_dir, files[name]), int(s["fps"]))
         logger.info("wrote %s (%s)", files[name], ", ".join(f"{k} calls: {v}" for k, v in out.network_calls.items()))
     if s["side_by_side"] and "standard" in frames:
@@ -314,6 +366,7 @@ def _run_jobs(s: Dict[str, Any], jobs: List[Job], given: Dict[str, str]) -> int:
 def _make_all(s: Dict[str, Any], jobs: List[Job], manifest: Manifest, is_main: bool, given: Dict[str, str]) -> int:
     device, dtype_name, dtype = pick_device_and_dtype(s)
     models = model_sources(s, given)
+    check_frame_limit(s, models)
     from .pipelines import PIPELINES
 
     t0 = time.perf_counter()
@@ -327,7 +380,7 @@ def _make_all(s: Dict[str, Any], jobs: List[Job], manifest: Manifest, is_main: b
         from .lora import apply_lora_to_pipeline
 
         scale = None if s["lora_scale"] is None else float(s["lora_scale"])
-        lora_record = apply_lora_to_pipeline(pipe, s["lora"], scale, s["lora_target"])
+        lora_record = apply_lora_to_pipeline(pipe, s["lora"], scale, s["lora_target"], lora_dir=LORA_DIR)
     run_info = {
         "models": {k: ("tiny-random" if s["tiny"] else v) for k, v in models.items()},
         "lora": lora_record,
@@ -361,11 +414,30 @@ def main(argv: Optional[List[str]] = None) -> int:
             warnings.filterwarnings("ignore", category=category)
     try:
         return run(settings, jobs)
-    except ModelLoadError as exc:
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; every file written is complete, and rerunning the same command "
+              "makes the rest", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line for the user; the traceback with --debug
         if args.debug:
             raise
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; files already written are complete", file=sys.stderr)
-        return 130
+        status, message = describe_failure(exc)
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        return status
+
+
+def describe_failure(exc: Exception):
+    """The exit status and one-line message for a failure during a run."""
+    import torch
+
+    if isinstance(exc, ConfigError):
+        return 2, str(exc)
+    if isinstance(exc, ModelLoadError):
+        return 1, str(exc)
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return 1, ("out of GPU memory; reduce it with --offload model, fewer --num-frames, a smaller "
+                   "--height/--width or --image-batch-size 4 (videos already finished are kept)")
+    if type(exc).__name__ == "NonFiniteLatentsError":
+        return 1, str(exc)
+    first = next((line for line in str(exc).splitlines() if line.strip()), "")
+    return 1, f"{type(exc).__name__}: {first} (rerun with --debug for the traceback)"

@@ -50,6 +50,11 @@ DEFAULTS: Dict[str, Any] = {
     "tiny": False,
 }
 
+INT_KEYS = {"seed", "inference_step", "interval_begin", "interval_end", "zz", "num_frames", "height", "width", "fps",
+            "fps_condition"}
+FLOAT_KEYS = {"i_sigma_begin", "i_sigma_end", "v_sigma_begin", "v_sigma_end", "rho", "guidance_scale", "lora_scale"}
+BOOL_KEYS = {"no_standard", "side_by_side", "overwrite", "tiny"}
+
 # What differs from DEFAULTS per pipeline; configs/<pipeline>.yaml spell these out as presets.
 PIPELINE_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "Animatediff": {},
@@ -86,7 +91,28 @@ def load_yaml_config(path: str) -> Dict[str, Any]:
     if unknown:
         raise ConfigError(f"config file {path} has unknown key(s) {', '.join(map(str, unknown))}; "
                           f"valid keys are the flag names with '_' (e.g. inference_step, guidance_scale)")
-    return data
+    return {key: _typed(key, value, path) for key, value in data.items()}
+
+
+def _typed(key: str, value: Any, path: str) -> Any:
+    """A config value with the type its flag would give it, or a ConfigError naming the key."""
+    if value is None:
+        return None
+    if key in BOOL_KEYS:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config file {path}: {key} must be true or false, got {value!r}")
+    if key in INT_KEYS:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config file {path}: {key} must be a whole number, got {value!r}")
+    if key in FLOAT_KEYS:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config file {path}: {key} must be a number, got {value!r}")
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"config file {path}: {key} must be a single value, got {value!r}")
 
 
 def resolve_settings(flags: Dict[str, Any], config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:

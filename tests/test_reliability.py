@@ -1,0 +1,197 @@
+"""Bad input and faults: one clear line, the right exit status, no traceback, and nothing already made is lost."""
+
+import json
+import logging
+import os
+
+import imageio.v3 as iio
+import pytest
+import torch
+
+from ivmixed import cli
+from ivmixed.cli import main
+from ivmixed.export import atomic_path, write_json
+from ivmixed.testing import save_tiny_checkpoints
+
+
+def run_main(args, capsys):
+    try:
+        code = main(args)
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    return code, err
+
+
+def error_line(err):
+    lines = [line for line in err.strip().splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+BAD_INPUTS = [
+    (lambda tmp: ["--interval_begin", "9", "--inference-step", "5"], "interval_begin must be between 0 and 4"),
+    (lambda tmp: ["--interval_end", "-1"], "interval_end must be between"),
+    (lambda tmp: ["--v_sigma_end", "-0.5"], "v_sigma_end must be a finite number >= 0"),
+    (lambda tmp: ["--rho", "-2"], "rho must be a positive"),
+    (lambda tmp: ["--inference-step", "-3"], "--inference-step must be at least 1"),
+    (lambda tmp: ["--fps", "0"], "--fps must be at least 1"),
+    (lambda tmp: ["--width", "0"], "--width must be a positive multiple of 8"),
+    (lambda tmp: ["--guidance-scale", "nan"], "--guidance-scale must be a number >= 0"),
+    (lambda tmp: ["--prompt", "   "], "a prompt is required"),
+    (lambda tmp: ["--prompt-file", write(tmp / "p.txt", "x\n"), "--prompt", "y"], "either --prompt or --prompt-file"),
+    (lambda tmp: ["--prompt-file", write(tmp / "empty.txt", "\n# nothing\n")], "holds no prompts"),
+    (lambda tmp: ["--prompt-file", str(tmp / "missing.csv")], "prompt file not found"),
+    (lambda tmp: ["--config", write(tmp / "c.yaml", "zz: [1\n")], "is not valid YAML at line"),
+    (lambda tmp: ["--config", write(tmp / "c.yaml", "steps: 3\n")], "unknown key(s) steps"),
+    (lambda tmp: ["--config", write(tmp / "c.yaml", "zz: many\n")], "zz must be a whole number"),
+    (lambda tmp: ["--config", write(tmp / "c.yaml", "tiny: yes please\n")], "tiny must be true or false"),
+    (lambda tmp: ["--config", write(tmp / "c.yaml", "- a list\n")], "must hold a mapping"),
+    (lambda tmp: ["--config", write(tmp / "c.yaml", "pipeline: Sora\n")], "unknown pipeline 'Sora'"),
+    (lambda tmp: ["--config", write(tmp / "c.yaml", "dtype: fp8\n")], "--dtype must be one of"),
+    (lambda tmp: ["--lora", str(tmp / "nope.safetensors")], "--lora: LoRA file not found"),
+    (lambda tmp: ["--lora", "no-such-style"], "LoRA 'no-such-style' not found"),
+    (lambda tmp: ["--image-model", str(tmp / "no-folder")], "--image-model"),
+    (lambda tmp: ["--output-dir", write(tmp / "a-file", "") + "/sub"], "cannot write to --output-dir"),
+    (lambda tmp: ["--tiny", "--num-frames", "33", "--no-standard"], "more than the motion adapter supports (32)"),
+]
+
+
+@pytest.mark.parametrize("make_args,message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_bad_input_table(tmp_path, capsys, make_args, message):
+    args = make_args(tmp_path)
+    if "--prompt" not in args and "--prompt-file" not in args:
+        args = ["--prompt", "a cat", *args]
+    code, err = run_main([*args, "--output-dir", str(tmp_path / "out")] if "--output-dir" not in args else args, capsys)
+    assert code == 2, err
+    line = error_line(err)
+    assert message in line and line.startswith("inference.py: error:")
+
+
+def test_unknown_pipeline_and_dtype_flags_are_usage_errors(capsys):
+    for args in (["--pipeline", "Sora"], ["--dtype", "fp8"]):
+        code, err = run_main(["--prompt", "x", *args], capsys)
+        assert code == 2 and "invalid choice" in err and "Traceback" not in err
+
+
+TINY = ["--tiny", "--inference-step", "2", "--num-frames", "2", "--device", "cpu"]
+
+
+def test_out_of_memory_keeps_finished_videos(tmp_path, capsys, monkeypatch):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("first prompt\nsecond prompt\n")
+    real_generate, calls = cli.generate, []
+
+    def generate(pipe, s, job, iv_mixed):
+        calls.append(job.prompt)
+        if job.prompt == "second prompt":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_generate(pipe, s, job, iv_mixed)
+
+    monkeypatch.setattr(cli, "generate", generate)
+    out = tmp_path / "out"
+    code, err = run_main([*TINY, "--prompt-file", str(prompts), "--output-dir", str(out)], capsys)
+    assert code == 1
+    line = error_line(err)
+    assert "out of GPU memory" in line and "--offload model" in line and "--num-frames" in line
+    records = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in records] == ["first prompt"]
+    for name in records[0]["files"].values():
+        assert (out / name).exists()
+
+
+def test_unexpected_failure_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("something broke\nsecond line")
+
+    monkeypatch.setattr(cli, "generate", broken)
+    args = [*TINY, "--prompt", "a cat", "--output-dir", str(tmp_path)]
+    code, err = run_main(args, capsys)
+    assert code == 1
+    assert error_line(err).endswith("RuntimeError: something broke (rerun with --debug for the traceback)")
+    with pytest.raises(RuntimeError, match="something broke"):
+        main([*args, "--debug"])
+
+
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory):
+    return save_tiny_checkpoints(str(tmp_path_factory.mktemp("ckpt")), "Animatediff")
+
+
+def test_corrupt_weights_name_the_model(tmp_path, capsys, tiny_folders):
+    import shutil
+
+    video = tmp_path / "video"
+    shutil.copytree(tiny_folders["video_model"], video)
+    (video / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not a safetensors file")
+    args = ["--prompt", "a cat", "--device", "cpu", "--num-frames", "2", "--inference-step", "2", "--height", "64",
+            "--width", "64", "--video-model", str(video), "--motion-adapter", tiny_folders["motion_adapter"],
+            "--image-model", tiny_folders["image_model"], "--output-dir", str(tmp_path / "out")]
+    code, err = run_main(args, capsys)
+    assert code == 1
+    line = error_line(err)
+    assert f"could not load the video model '{video}'" in line and "--video-model" in line
+
+
+def test_wrong_folder_layout_names_the_model(tmp_path, capsys, tiny_folders):
+    args = ["--prompt", "a cat", "--device", "cpu", "--num-frames", "2", "--inference-step", "2", "--height", "64",
+            "--width", "64", "--video-model", tiny_folders["motion_adapter"], "--motion-adapter",
+            tiny_folders["motion_adapter"], "--image-model", tiny_folders["image_model"],
+            "--output-dir", str(tmp_path / "out")]
+    code, err = run_main(args, capsys)
+    assert code == 1
+    assert "could not load the video model" in error_line(err)
+
+
+def test_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "record.json"
+    write_json({"a": 1}, str(target))
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(str(target)) as tmp:
+            with open(tmp, "w") as f:
+                f.write('{"half": ')
+            raise KeyboardInterrupt
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert os.listdir(tmp_path) == ["record.json"]
+
+
+@pytest.mark.parametrize("prompt", ['../../etc/passwd "quoted" \\ back', "日本の猫が走る", "a" * 2000, "CON: <>|?*"])
+def test_hostile_prompts_make_safe_files_inside_the_output_folder(tmp_path, capsys, prompt):
+    out = tmp_path / "out"
+    code, err = run_main([*TINY, "--no-standard", "--prompt", prompt, "--output-dir", str(out)], capsys)
+    assert code == 0, err
+    names = sorted(os.listdir(out))
+    assert len(names) == 3 and "manifest.jsonl" in names  # video, record, manifest: nothing outside
+    for name in names:
+        assert len(name) < 150 and name.isascii() and not name.startswith(".")
+        assert all(c.isalnum() or c in "-_." for c in name)
+    video = next(n for n in names if n.endswith(".mp4"))
+    assert iio.imread(out / video).shape[0] == 2
+    record = json.loads((out / video.replace("_iv_mix.mp4", ".json")).read_text())
+    assert record["prompt"] == prompt
+    assert not list(tmp_path.glob("etc*")) and not (tmp_path.parent / "etc").exists()
+
+
+def test_rerun_never_overwrites_silently(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="ivmixed")
+    out = tmp_path / "out"
+    args = [*TINY, "--no-standard", "--prompt", "a cat", "--output-dir", str(out)]
+    assert run_main(args, capsys)[0] == 0
+    video = out / "a-cat_23523_Animatediff_iv_mix.mp4"
+    before = video.stat().st_mtime_ns
+    caplog.clear()
+    assert run_main(args, capsys)[0] == 0
+    assert video.stat().st_mtime_ns == before and "already finished" in caplog.text
+    caplog.clear()
+    assert run_main([*args, "--overwrite"], capsys)[0] == 0
+    assert video.stat().st_mtime_ns != before and "replacing a-cat_23523_Animatediff_iv_mix.mp4 (--overwrite)" in caplog.text
+    (out / "manifest.jsonl").unlink()  # files without a record: made again, and the log says so
+    caplog.clear()
+    assert run_main(args, capsys)[0] == 0
+    assert "left by an unfinished run" in caplog.text
