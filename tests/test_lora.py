@@ -286,3 +286,32 @@ def test_script_end_to_end(tmp_path, base, lora_file, lora_sd):
                      "--dump_path", str(tmp_path / "other")])
     assert str(exit_info.value.code) == f"error: LoRA file not found: {tmp_path / 'gone.safetensors'}"
     assert sorted(os.listdir(tmp_path)) == ["style"]
+
+
+def test_generation_with_direct_file_equals_converted_folder(animatediff_paths, lora_file, converted):
+    kwargs = dict(prompt="a horse", num_frames=2, height=64, width=64, num_inference_steps=2, output_type="latent",
+                  latents=torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(3)))
+    outputs = []
+    for spec, scale in ((lora_file, STRENGTH), (converted, None), (None, None)):
+        pipe = IVMixedAnimateDiffPipeline.from_checkpoints(**animatediff_paths)
+        pipe.set_progress_bar_config(disable=True)
+        if spec is not None:
+            apply_lora_to_pipeline(pipe, spec, scale=scale, target="image")
+        outputs.append(pipe(**kwargs).frames)
+    direct, folder, plain = outputs
+    torch.testing.assert_close(direct, folder, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(direct, plain, atol=1e-3)  # the LoRA does change the IV-mixed generation
+
+
+def test_cli_records_the_lora(tmp_path, lora_file):
+    import json
+
+    from ivmixed.cli import main
+
+    out = tmp_path / "out"
+    code = main(["--tiny", "--prompt", "a cat", "--inference-step", "2", "--num-frames", "2", "--no-standard",
+                 "--lora", lora_file, "--lora-scale", "0.5", "--output-dir", str(out)])
+    assert code == 0
+    record = json.loads((out / "a-cat_23523_Animatediff.json").read_text())
+    assert record["lora"]["path"] == lora_file and record["lora"]["scale"] == 0.5
+    assert record["lora"]["kind"] == "file" and record["lora"]["merged_layers"] == len(layers_of("unet"))
