@@ -135,22 +135,23 @@ def test_bad_config_files(tmp_path):
         load_yaml_config(str(bad))
 
 
-def test_missing_weights_offline_is_one_line(tmp_path):
+def test_missing_model_folder_is_a_usage_error_before_loading(tmp_path):
     result = run_cli("--prompt", "a cat", "--device", "cpu", "--motion-adapter", str(tmp_path / "missing"),
                      "--output-dir", str(tmp_path / "out"), env={"HF_HOME": str(tmp_path / "hf")})
-    assert result.returncode == 1
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
-    assert lines[0].startswith("inference.py: error: could not load the motion adapter: no folder")
-    assert "--motion-adapter" in lines[0]
+    assert lines[0] == f"inference.py: error: --motion-adapter {tmp_path / 'missing'}: no such folder; give an existing checkpoint folder or a hub id"
 
 
 def test_missing_hub_model_offline_says_how_to_get_it(tmp_path):
     result = run_cli("--prompt", "a cat", "--device", "cpu", "--image-model", "ivmixed-test/no-such-model",
                      "--output-dir", str(tmp_path / "out"), env={"HF_HOME": str(tmp_path / "hf")})
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    line = result.stderr.strip().splitlines()[-1]
-    assert "could not load the" in line and "huggingface-cli download" in line
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("inference.py: error: could not load the motion adapter 'guoyww/animatediff-motion")
+    assert "huggingface-cli download guoyww/animatediff-motion-adapter-v1-5-3" in lines[0]
 
 
 def test_precedence_flags_over_config_over_pipeline_defaults():
