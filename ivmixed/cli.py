@@ -19,6 +19,7 @@ from .config import DEFAULTS, PIPELINE_DEFAULTS, PIPELINE_NAMES, TINY_DEFAULTS, 
 from .compare import contact_sheet, side_by_side
 from .export import VIDEO_FORMATS, write_image, write_json, write_video
 from .manifest import Manifest
+from .performance import OFFLOAD_MODES, apply_performance_options
 from .prompts import Job, read_prompt_file, unique_jobs
 from .loading import ModelLoadError, looks_like_path
 from .sampler import IVMixedSettings, count_network_calls
@@ -98,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", help="torch device (default cuda when available, else cpu)")
     g.add_argument("--dtype", choices=DTYPES, help="network precision (default fp16 on CUDA, fp32 on CPU)")
     g.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+    g = p.add_argument_group("speed and memory (see docs/BENCHMARKS.md)")
+    g.add_argument("--image-batch-size", type=int,
+                   help="at most this many frames per image-model call, to bound memory (default: all frames at once)")
+    g.add_argument("--offload", choices=OFFLOAD_MODES,
+                   help="keep weights on the CPU until used: model (whole networks) or sequential (least memory, "
+                   "slowest); CUDA only (default none)")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile both UNets (slow first step)")
+    g.add_argument("--channels-last", action="store_true", default=None, help="channels-last layout for the UNets' 2D convolutions")
+    g.add_argument("--vae-slicing", action="store_true", default=None, help="decode one frame at a time")
+    g.add_argument("--vae-tiling", action="store_true", default=None, help="decode large frames in overlapping tiles")
     return p
 
 
@@ -117,6 +129,18 @@ def validate(s: Dict[str, Any]) -> None:
         raise ConfigError(f"--guidance-scale must be a number >= 0, got {s['guidance_scale']}")
     if s["lora_scale"] is not None and not math.isfinite(s["lora_scale"]):
         raise ConfigError(f"--lora-scale must be a finite number, got {s['lora_scale']}")
+    if s["image_batch_size"] is not None and int(s["image_batch_size"]) < 1:
+        raise ConfigError(f"--image-batch-size must be at least 1, got {s['image_batch_size']}")
+    if s["offload"] not in OFFLOAD_MODES:
+        raise ConfigError(f"--offload must be one of {', '.join(OFFLOAD_MODES)}, got {s['offload']!r}")
+    if s["offload"] != "none":
+        import torch
+
+        if not torch.cuda.is_available() or (s["device"] is not None and not str(s["device"]).startswith("cuda")):
+            raise ConfigError(f"--offload {s['offload']} moves weights between the CPU and a CUDA GPU; "
+                              "without one, use --offload none")
+        if s["compile"] and s["offload"] == "sequential":
+            raise ConfigError("--compile does not work with --offload sequential; use --offload model or none")
     if s["lora_target"] not in LORA_TARGETS:
         raise ConfigError(f"--lora-target must be one of {', '.join(LORA_TARGETS)}, got {s['lora_target']!r}")
     if s["format"] not in VIDEO_FORMATS:
@@ -242,6 +266,8 @@ def generate(pipe, s: Dict[str, Any], job: Job, iv_mixed: bool):
         kwargs.update(vars(iv_settings(s)))
     if s["pipeline"] == "VideoCrafter":
         kwargs["fps"] = int(s["fps_condition"])
+    if s["image_batch_size"] is not None:
+        kwargs["image_batch_size"] = int(s["image_batch_size"])
     return pipe(**kwargs)
 
 
@@ -322,6 +348,9 @@ def run(s: Dict[str, Any], jobs: List[Job]) -> int:
             logger.warning("--tiny: random tiny models; the videos are noise and only check the install")
             # Written before any process group exists: transformers saves on rank 0 only once one does.
             given = save_tiny_checkpoints(tiny_root, s["pipeline"])
+            import torch
+
+            torch.set_num_threads(1)  # the tiny networks' ops are too small to gain from more threads
         else:
             given = {k: s[k] for k in MODEL_FLAGS if s[k] is not None}
         return _run_jobs(s, jobs, given)
@@ -371,7 +400,10 @@ def _make_all(s: Dict[str, Any], jobs: List[Job], manifest: Manifest, is_main: b
 
     t0 = time.perf_counter()
     pipe = PIPELINES[s["pipeline"]].from_checkpoints(**models, dtype=dtype)
-    pipe.to(device)
+    performance = apply_performance_options(
+        pipe, device=device, offload=s["offload"], compile=bool(s["compile"]), channels_last=bool(s["channels_last"]),
+        vae_slicing=bool(s["vae_slicing"]), vae_tiling=bool(s["vae_tiling"]),
+    )
     overall_bar = is_main and len(jobs) > 1
     pipe.set_progress_bar_config(position=1 if overall_bar else 0, leave=not overall_bar, disable=not is_main)
     load_s = round(time.perf_counter() - t0, 3)
@@ -387,6 +419,7 @@ def _make_all(s: Dict[str, Any], jobs: List[Job], manifest: Manifest, is_main: b
         "device": str(device),
         "dtype": dtype_name,
         "load_s": load_s,
+        "performance": performance,
         "versions": package_versions(),
     }
     finished = 0

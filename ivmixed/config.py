@@ -48,12 +48,18 @@ DEFAULTS: Dict[str, Any] = {
     "lora_scale": None,
     "lora_target": "image",
     "tiny": False,
+    "image_batch_size": None,
+    "offload": "none",
+    "compile": False,
+    "channels_last": False,
+    "vae_slicing": False,
+    "vae_tiling": False,
 }
 
 INT_KEYS = {"seed", "inference_step", "interval_begin", "interval_end", "zz", "num_frames", "height", "width", "fps",
-            "fps_condition"}
+            "fps_condition", "image_batch_size"}
 FLOAT_KEYS = {"i_sigma_begin", "i_sigma_end", "v_sigma_begin", "v_sigma_end", "rho", "guidance_scale", "lora_scale"}
-BOOL_KEYS = {"no_standard", "side_by_side", "overwrite", "tiny"}
+BOOL_KEYS = {"no_standard", "side_by_side", "overwrite", "tiny", "compile", "channels_last", "vae_slicing", "vae_tiling"}
 
 # What differs from DEFAULTS per pipeline; configs/<pipeline>.yaml spell these out as presets.
 PIPELINE_DEFAULTS: Dict[str, Dict[str, Any]] = {

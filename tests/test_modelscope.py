@@ -16,15 +16,6 @@ FRAMES = 2
 PROMPT, NEGATIVE = "a red fox", "blurry"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine run many times faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
     return save_tiny_checkpoints(str(tmp_path_factory.mktemp("modelscope")), "ModelScope")

@@ -195,3 +195,41 @@ def test_rerun_never_overwrites_silently(tmp_path, capsys, caplog):
     caplog.clear()
     assert run_main(args, capsys)[0] == 0
     assert "left by an unfinished run" in caplog.text
+
+
+def test_nan_latents_are_caught_before_decoding(tmp_path, capsys, monkeypatch):
+    from ivmixed import IVMixedAnimateDiffPipeline
+
+    original = IVMixedAnimateDiffPipeline.__call__
+
+    def poisoned(self, *args, **kwargs):
+        kwargs["callback_on_step_end"] = lambda pipe, i, t, tensors: {"latents": tensors["latents"] * float("nan")}
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(IVMixedAnimateDiffPipeline, "__call__", poisoned)
+    out = tmp_path / "out"
+    code, err = run_main([*TINY, "--prompt", "a cat", "--output-dir", str(out)], capsys)
+    assert code == 1
+    line = error_line(err)
+    assert "NaN or infinite" in line and "--dtype fp32" in line
+    assert not [p for p in os.listdir(out) if p.endswith((".mp4", ".json", ".jsonl"))]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--offload", "model", "--device", "cpu"], "--offload model moves weights between the CPU and a CUDA GPU"),
+    (["--image-batch-size", "0"], "--image-batch-size must be at least 1"),
+])
+def test_performance_flags_are_checked_before_loading(tmp_path, capsys, args, message):
+    code, err = run_main(["--prompt", "a cat", "--output-dir", str(tmp_path), *args], capsys)
+    assert code == 2 and message in error_line(err)
+
+
+def test_performance_flags_reach_the_run(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = run_main([*TINY, "--prompt", "a cat", "--image-batch-size", "1", "--channels-last", "--vae-slicing",
+                          "--no-standard", "--output-dir", str(out)], capsys)
+    assert code == 0, err
+    record = json.loads((out / "a-cat_23523_Animatediff.json").read_text())
+    assert record["settings"]["image_batch_size"] == 1
+    assert record["performance"]["channels_last"] and record["performance"]["vae_slicing"]
+    assert record["network_calls"]["iv_mix"] == {"video": 6, "image": 4}  # batching splits calls, not guided evaluations

@@ -42,15 +42,6 @@ HUB_CONFIG = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine run many times faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def unet_inputs(batch=2):
     g = torch.Generator().manual_seed(0)
     sample = torch.randn(batch, 4, FRAMES, VIDEO_LATENT_SIZE, VIDEO_LATENT_SIZE, generator=g)

@@ -1,7 +1,7 @@
 """One thin diffusers pipeline per video model, all driven by :func:`ivmixed.sampler.sample_iv_mixed`."""
 
 from .animatediff import IVMixedAnimateDiffPipeline
-from .common import IVMixedPipelineOutput
+from .common import IVMixedPipelineOutput, NonFiniteLatentsError
 from .modelscope import IVMixedModelScopePipeline
 from .text_to_video import IVMixedTextToVideoPipeline
 from .videocrafter import IVMixedVideoCrafterPipeline
@@ -20,4 +20,5 @@ __all__ = [
     "IVMixedPipelineOutput",
     "IVMixedTextToVideoPipeline",
     "IVMixedVideoCrafterPipeline",
+    "NonFiniteLatentsError",
 ]

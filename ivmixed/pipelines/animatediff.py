@@ -8,7 +8,15 @@ import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, UNet2DConditionModel
 
 from ..loading import loading
-from .common import IVMixedPipelineOutput, guided_predictor, iv_mixed_settings, per_frame_predictor, run_sampler
+from .common import (
+    IVMixedPipelineOutput,
+    check_image_batch_size,
+    decode_guarded,
+    guided_predictor,
+    iv_mixed_settings,
+    per_frame_predictor,
+    run_sampler,
+)
 
 DEFAULT_VIDEO_MODEL = "SG161222/Realistic_Vision_V5.1_noVAE"
 DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-3"
@@ -23,7 +31,9 @@ class IVMixedAnimateDiffPipeline(AnimateDiffPipeline):
     With ``iv_mixed=False`` a call is diffusers' stock AnimateDiff sampling.
     """
 
-    model_cpu_offload_seq = "text_encoder->image_encoder->unet->image_unet->vae"
+    # With model offload, calling a component offloads the one before it. IV-mixed alternates the two UNets,
+    # so the one listed first moves on every switch: the image UNet, the smaller of the two.
+    model_cpu_offload_seq = "text_encoder->image_encoder->image_unet->unet->vae"
     _callback_tensor_inputs = ["latents"]
 
     def __init__(
@@ -94,14 +104,20 @@ class IVMixedAnimateDiffPipeline(AnimateDiffPipeline):
         v_sigma_begin: float = 4.0,
         v_sigma_end: float = 4.0,
         rho: float = 7.0,
+        image_batch_size: Optional[int] = None,
     ):
-        """Generate a video; the IV-mixed keywords are those of :class:`ivmixed.IVMixedSettings`."""
+        """Generate a video; the IV-mixed keywords are those of :class:`ivmixed.IVMixedSettings`.
+
+        ``image_batch_size`` caps the frames per image-UNet call (default: all frames in one call); a smaller
+        value bounds memory and gives the same result within float tolerance.
+        """
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
         self.check_inputs(
             prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds,
             None, None, callback_on_step_end_tensor_inputs,
         )
+        check_image_batch_size(image_batch_size)
         settings = iv_mixed_settings(
             iv_mixed, interval_begin, interval_end, zz, i_sigma_begin, i_sigma_end, v_sigma_begin, v_sigma_end,
             rho, num_inference_steps,
@@ -145,7 +161,7 @@ class IVMixedAnimateDiffPipeline(AnimateDiffPipeline):
         if settings is not None:
             image_predictor = per_frame_predictor(
                 guided_predictor(self.image_unet, prompt_embeds.to(self.image_unet.dtype), with_uncond,
-                                 cross_attention_kwargs=cross_attention_kwargs)
+                                 max_batch=image_batch_size, cross_attention_kwargs=cross_attention_kwargs)
             )
         latents, counts = run_sampler(
             self, video_predictor, image_predictor, latents, guidance_scale, settings,
@@ -155,9 +171,8 @@ class IVMixedAnimateDiffPipeline(AnimateDiffPipeline):
         if output_type == "latent":
             video = latents
         else:
-            video = self.video_processor.postprocess_video(
-                video=self.decode_latents(latents, decode_chunk_size), output_type=output_type
-            )
+            frames = decode_guarded(self.vae, latents, lambda z: self.decode_latents(z, decode_chunk_size))
+            video = self.video_processor.postprocess_video(video=frames, output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (video, counts)

@@ -18,7 +18,15 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..loading import loading
 from ..sampler import IVMixedSettings
-from .common import IVMixedPipelineOutput, guided_predictor, iv_mixed_settings, per_frame_predictor, run_sampler
+from .common import (
+    IVMixedPipelineOutput,
+    check_image_batch_size,
+    decode_guarded,
+    guided_predictor,
+    iv_mixed_settings,
+    per_frame_predictor,
+    run_sampler,
+)
 
 
 def load_image_components(image_model: str, dtype: torch.dtype) -> Dict:
@@ -58,7 +66,9 @@ class IVMixedTextToVideoPipeline(
     components are optional: without them only ``iv_mixed=False`` or a video-only zigzag (``zz=1``) runs.
     """
 
-    model_cpu_offload_seq = "text_encoder->image_text_encoder->unet->image_unet->vae"
+    # With model offload, calling a component offloads the one before it. IV-mixed alternates the two UNets,
+    # so the one listed first moves on every switch: the image UNet, the smaller of the two.
+    model_cpu_offload_seq = "text_encoder->image_text_encoder->image_unet->unet->vae"
     _optional_components = ["image_unet", "image_text_encoder", "image_tokenizer"]
     _callback_tensor_inputs = ["latents"]
     # Resize frames to the image UNet's native sample size for its predictions (and back).
@@ -167,8 +177,12 @@ class IVMixedTextToVideoPipeline(
         v_sigma_begin: float = 4.0,
         v_sigma_end: float = 4.0,
         rho: float = 7.0,
+        image_batch_size: Optional[int] = None,
     ):
         """Generate a video; the IV-mixed keywords are those of :class:`ivmixed.IVMixedSettings`.
+
+        ``image_batch_size`` caps the frames per image-UNet call (default: all frames in one call); a smaller
+        value bounds memory and gives the same result within float tolerance.
 
         ``height``/``width`` default to the UNet's sample size (times the VAE's scale), ``zz`` to the pipeline's
         ``default_zz``. Returns :class:`IVMixedPipelineOutput` (``frames`` as ``output_type``, plus the number of
@@ -181,6 +195,7 @@ class IVMixedTextToVideoPipeline(
             prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds,
             None, None, callback_on_step_end_tensor_inputs,
         )
+        check_image_batch_size(image_batch_size)
         settings = iv_mixed_settings(
             iv_mixed, interval_begin, interval_end, self.default_zz if zz is None else zz, i_sigma_begin, i_sigma_end,
             v_sigma_begin, v_sigma_end, rho, num_inference_steps,
@@ -228,7 +243,8 @@ class IVMixedTextToVideoPipeline(
         if uses_image_model:
             image_embeds = self.encode_image_prompt(prompt, negative_prompt, num_frames, with_uncond, device, clip_skip)
             image_predictor = per_frame_predictor(
-                guided_predictor(self.image_unet, image_embeds, with_uncond, cross_attention_kwargs=cross_attention_kwargs),
+                guided_predictor(self.image_unet, image_embeds, with_uncond, max_batch=image_batch_size,
+                                 cross_attention_kwargs=cross_attention_kwargs),
                 sample_size=self.image_unet.config.sample_size if self.resize_image_latents else None,
             )
         latents, counts = run_sampler(
@@ -239,7 +255,8 @@ class IVMixedTextToVideoPipeline(
         if output_type == "latent":
             video = latents
         else:
-            video = self.video_processor.postprocess_video(video=self.decode_latents(latents), output_type=output_type)
+            frames = decode_guarded(self.vae, latents, self.decode_latents)
+            video = self.video_processor.postprocess_video(video=frames, output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (video, counts)
