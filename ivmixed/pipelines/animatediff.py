@@ -8,15 +8,7 @@ import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, UNet2DConditionModel
 
 from ..loading import loading
-from .common import (
-    IVMixedPipelineOutput,
-    check_image_batch_size,
-    decode_guarded,
-    guided_predictor,
-    iv_mixed_settings,
-    per_frame_predictor,
-    run_sampler,
-)
+from .common import IVMixedSamplingMixin, call_arguments, guided_predictor, per_frame_predictor
 
 DEFAULT_VIDEO_MODEL = "SG161222/Realistic_Vision_V5.1_noVAE"
 DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-3"
@@ -24,7 +16,7 @@ DEFAULT_IMAGE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DDIM_SETTINGS = {"clip_sample": False, "timestep_spacing": "linspace", "steps_offset": 1}
 
 
-class IVMixedAnimateDiffPipeline(AnimateDiffPipeline):
+class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
     """diffusers' ``AnimateDiffPipeline`` plus a registered ``image_unet`` and IV-mixed sampling.
 
     The image UNet shares the video model's CLIP-L text encoder, so it takes the same prompt embeddings.
@@ -111,69 +103,18 @@ class IVMixedAnimateDiffPipeline(AnimateDiffPipeline):
         ``image_batch_size`` caps the frames per image-UNet call (default: all frames in one call); a smaller
         value bounds memory and gives the same result within float tolerance.
         """
-        height = height or self.unet.config.sample_size * self.vae_scale_factor
-        width = width or self.unet.config.sample_size * self.vae_scale_factor
-        self.check_inputs(
-            prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds,
-            None, None, callback_on_step_end_tensor_inputs,
-        )
-        check_image_batch_size(image_batch_size)
-        settings = iv_mixed_settings(
-            iv_mixed, interval_begin, interval_end, zz, i_sigma_begin, i_sigma_end, v_sigma_begin, v_sigma_end,
-            rho, num_inference_steps,
-        )
-        self._guidance_scale = guidance_scale
-        self._clip_skip = clip_skip
-        self._cross_attention_kwargs = cross_attention_kwargs
-        self._interrupt = False
-        if isinstance(prompt, str):
-            batch_size = 1
-        elif isinstance(prompt, list):
-            batch_size = len(prompt)
-        else:
-            batch_size = prompt_embeds.shape[0]
-        device = self._execution_device
+        return self._generate(**call_arguments(locals()))
 
-        # The zigzag's negative-guidance inversions need the unconditional half even when guidance_scale <= 1.
-        with_uncond = self.do_classifier_free_guidance or settings is not None
-        lora_scale = cross_attention_kwargs.get("scale") if cross_attention_kwargs else None
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt, device, 1, with_uncond, negative_prompt,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-            lora_scale=lora_scale, clip_skip=clip_skip,
-        )
-        if with_uncond:
-            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
+    def _video_embeds(self, embeds: torch.Tensor, num_frames: int) -> torch.Tensor:
         # One embedding per frame: the motion UNet expects it, and the image UNet sees frames as images.
-        prompt_embeds = prompt_embeds.repeat_interleave(repeats=num_frames, dim=0)
+        return embeds.repeat_interleave(repeats=num_frames, dim=0)
 
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        self._num_timesteps = len(self.scheduler.timesteps)
-        latents = self.prepare_latents(
-            batch_size, self.unet.config.in_channels, num_frames, height, width,
-            prompt_embeds.dtype, device, generator, latents,
+    def _image_predictor(self, *, video_embeds, with_uncond, image_batch_size, cross_attention_kwargs, **_):
+        """The image UNet shares the video model's CLIP-L text encoder, so it takes the same embeddings."""
+        return per_frame_predictor(
+            guided_predictor(self.image_unet, video_embeds.to(self.image_unet.dtype), with_uncond,
+                             max_batch=image_batch_size, cross_attention_kwargs=cross_attention_kwargs)
         )
 
-        video_predictor = guided_predictor(
-            self.unet, prompt_embeds, with_uncond, cross_attention_kwargs=cross_attention_kwargs
-        )
-        image_predictor = None
-        if settings is not None:
-            image_predictor = per_frame_predictor(
-                guided_predictor(self.image_unet, prompt_embeds.to(self.image_unet.dtype), with_uncond,
-                                 max_batch=image_batch_size, cross_attention_kwargs=cross_attention_kwargs)
-            )
-        latents, counts = run_sampler(
-            self, video_predictor, image_predictor, latents, guidance_scale, settings,
-            self.prepare_extra_step_kwargs(generator, eta), callback_on_step_end,
-        )
-
-        if output_type == "latent":
-            video = latents
-        else:
-            frames = decode_guarded(self.vae, latents, lambda z: self.decode_latents(z, decode_chunk_size))
-            video = self.video_processor.postprocess_video(video=frames, output_type=output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (video, counts)
-        return IVMixedPipelineOutput(frames=video, network_calls=counts)
+    def _decode_latents(self, latents: torch.Tensor, decode_chunk_size: int) -> torch.Tensor:
+        return self.decode_latents(latents, decode_chunk_size)

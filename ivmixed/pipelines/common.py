@@ -181,3 +181,130 @@ def decode_guarded(vae: torch.nn.Module, latents: torch.Tensor, decode: Callable
         if torch.isfinite(frames).all():
             return frames
     raise NonFiniteLatentsError(f"the VAE decoded NaN or infinite pixels (VAE dtype {dtype}, also tried float32); {advice}")
+
+
+def uses_image_model(settings: Optional[IVMixedSettings]) -> bool:
+    """Whether any zigzag step of ``settings`` moves with the image model."""
+    if settings is None:
+        return False
+    return any(settings.uses_image_model(i) for i in range(settings.interval_begin, settings.interval_end + 1))
+
+
+def call_arguments(frame_locals: Dict) -> Dict:
+    """A ``__call__``'s own arguments (its ``locals()`` at entry), to hand to :meth:`IVMixedSamplingMixin._generate`."""
+    return {k: v for k, v in frame_locals.items() if k not in ("self", "__class__")}
+
+
+class IVMixedSamplingMixin:
+    """The body every IV-mixed pipeline call shares: check, encode, prepare latents, sample, decode.
+
+    Each pipeline keeps its own documented ``__call__`` signature and supplies the hooks where the video
+    models differ: how the video UNet takes prompt embeddings, how the image model is conditioned, extra
+    video-UNet keywords and decoding.
+    """
+
+    default_zz = 1000
+    # Pixel size when the UNet's config has no sample_size.
+    fallback_height = 256
+    fallback_width = 256
+
+    def _default_size(self):
+        sample_size = self.unet.config.sample_size
+        if sample_size is None:
+            return self.fallback_height, self.fallback_width
+        return sample_size * self.vae_scale_factor, sample_size * self.vae_scale_factor
+
+    def _video_embeds(self, embeds: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """The ``[uncond; cond]`` embeddings laid out as the video UNet takes them."""
+        return embeds
+
+    def _video_unet_kwargs(self) -> Dict:
+        """Extra keywords of every video UNet call (VideoCrafter's fps)."""
+        return {}
+
+    def _image_predictor(self, *, prompt, negative_prompt, video_embeds, num_frames, with_uncond, device, clip_skip,
+                         image_batch_size, cross_attention_kwargs) -> NoisePredictor:
+        raise NotImplementedError
+
+    def _check_image_model(self, prompt) -> None:
+        """Raise ``ValueError`` when a run that uses the image model cannot (missing parts, no prompt text)."""
+
+    def _decode_latents(self, latents: torch.Tensor, decode_chunk_size: int) -> torch.Tensor:
+        return self.decode_latents(latents)
+
+    def _generate(
+        self, prompt, num_frames, height, width, num_inference_steps, guidance_scale, negative_prompt, eta,
+        generator, latents, prompt_embeds, negative_prompt_embeds, output_type, return_dict, cross_attention_kwargs,
+        clip_skip, callback_on_step_end, callback_on_step_end_tensor_inputs, iv_mixed, interval_begin, interval_end,
+        zz, i_sigma_begin, i_sigma_end, v_sigma_begin, v_sigma_end, rho, image_batch_size, decode_chunk_size=16,
+    ):
+        default_height, default_width = self._default_size()
+        height, width = height or default_height, width or default_width
+        self.check_inputs(
+            prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds,
+            None, None, callback_on_step_end_tensor_inputs,
+        )
+        check_image_batch_size(image_batch_size)
+        settings = iv_mixed_settings(
+            iv_mixed, interval_begin, interval_end, self.default_zz if zz is None else zz, i_sigma_begin, i_sigma_end,
+            v_sigma_begin, v_sigma_end, rho, num_inference_steps,
+        )
+        with_image_model = uses_image_model(settings)
+        if with_image_model:
+            self._check_image_model(prompt)
+        self._guidance_scale = guidance_scale
+        self._clip_skip = clip_skip
+        self._cross_attention_kwargs = cross_attention_kwargs
+        self._interrupt = False
+        if isinstance(prompt, str):
+            batch_size = 1
+        elif isinstance(prompt, list):
+            batch_size = len(prompt)
+        else:
+            batch_size = prompt_embeds.shape[0]
+        device = self._execution_device
+
+        # The zigzag's negative-guidance inversions need the unconditional half even when guidance_scale <= 1.
+        with_uncond = guidance_scale > 1.0 or settings is not None
+        lora_scale = cross_attention_kwargs.get("scale") if cross_attention_kwargs else None
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt, device, 1, with_uncond, negative_prompt,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            lora_scale=lora_scale, clip_skip=clip_skip,
+        )
+        if with_uncond:
+            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
+        video_embeds = self._video_embeds(prompt_embeds, num_frames)
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self._num_timesteps = len(self.scheduler.timesteps)
+        latents = self.prepare_latents(
+            batch_size, self.unet.config.in_channels, num_frames, height, width,
+            video_embeds.dtype, device, generator, latents,
+        )
+
+        video_predictor = guided_predictor(
+            self.unet, video_embeds, with_uncond, cross_attention_kwargs=cross_attention_kwargs,
+            **self._video_unet_kwargs(),
+        )
+        image_predictor = None
+        if with_image_model:
+            image_predictor = self._image_predictor(
+                prompt=prompt, negative_prompt=negative_prompt, video_embeds=video_embeds, num_frames=num_frames,
+                with_uncond=with_uncond, device=device, clip_skip=clip_skip, image_batch_size=image_batch_size,
+                cross_attention_kwargs=cross_attention_kwargs,
+            )
+        latents, counts = run_sampler(
+            self, video_predictor, image_predictor, latents, guidance_scale, settings,
+            self.prepare_extra_step_kwargs(generator, eta), callback_on_step_end,
+        )
+
+        if output_type == "latent":
+            video = latents
+        else:
+            frames = decode_guarded(self.vae, latents, lambda z: self._decode_latents(z, decode_chunk_size))
+            video = self.video_processor.postprocess_video(video=frames, output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (video, counts)
+        return IVMixedPipelineOutput(frames=video, network_calls=counts)

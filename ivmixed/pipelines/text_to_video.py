@@ -17,16 +17,7 @@ from diffusers.video_processor import VideoProcessor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..loading import loading
-from ..sampler import IVMixedSettings
-from .common import (
-    IVMixedPipelineOutput,
-    check_image_batch_size,
-    decode_guarded,
-    guided_predictor,
-    iv_mixed_settings,
-    per_frame_predictor,
-    run_sampler,
-)
+from .common import IVMixedSamplingMixin, call_arguments, guided_predictor, per_frame_predictor
 
 
 def load_image_components(image_model: str, dtype: torch.dtype) -> Dict:
@@ -50,14 +41,9 @@ class _ImagePromptEncoder(TextualInversionLoaderMixin):
         self.tokenizer = tokenizer
 
 
-def _uses_image_model(settings: Optional[IVMixedSettings]) -> bool:
-    if settings is None:
-        return False
-    return any(settings.uses_image_model(i) for i in range(settings.interval_begin, settings.interval_end + 1))
-
-
 class IVMixedTextToVideoPipeline(
-    DiffusionPipeline, StableDiffusionMixin, TextualInversionLoaderMixin, StableDiffusionLoraLoaderMixin
+    IVMixedSamplingMixin, DiffusionPipeline, StableDiffusionMixin, TextualInversionLoaderMixin,
+    StableDiffusionLoraLoaderMixin
 ):
     """A 3D-UNet text-to-video pipeline (diffusers' ``TextToVideoSDPipeline``) plus an image model and IV-mixed sampling.
 
@@ -73,10 +59,6 @@ class IVMixedTextToVideoPipeline(
     _callback_tensor_inputs = ["latents"]
     # Resize frames to the image UNet's native sample size for its predictions (and back).
     resize_image_latents = True
-    # Pixel size when the UNet's config has no sample_size.
-    fallback_height = 256
-    fallback_width = 256
-    default_zz = 1000
 
     # diffusers' Stable Diffusion prompt encoding, input checks and scheduler keywords.
     encode_prompt = StableDiffusionPipeline.encode_prompt
@@ -118,16 +100,6 @@ class IVMixedTextToVideoPipeline(
     @property
     def num_timesteps(self) -> int:
         return self._num_timesteps
-
-    def _video_unet_kwargs(self) -> Dict:
-        """Extra keywords of every video UNet call (VideoCrafter's fps)."""
-        return {}
-
-    def _default_size(self):
-        sample_size = self.unet.config.sample_size
-        if sample_size is None:
-            return self.fallback_height, self.fallback_width
-        return sample_size * self.vae_scale_factor, sample_size * self.vae_scale_factor
 
     def encode_image_prompt(
         self,
@@ -188,76 +160,23 @@ class IVMixedTextToVideoPipeline(
         ``default_zz``. Returns :class:`IVMixedPipelineOutput` (``frames`` as ``output_type``, plus the number of
         guided network calls per model), or ``(frames, network_calls)`` when ``return_dict=False``.
         """
-        default_height, default_width = self._default_size()
-        height = height or default_height
-        width = width or default_width
-        self.check_inputs(
-            prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds,
-            None, None, callback_on_step_end_tensor_inputs,
-        )
-        check_image_batch_size(image_batch_size)
-        settings = iv_mixed_settings(
-            iv_mixed, interval_begin, interval_end, self.default_zz if zz is None else zz, i_sigma_begin, i_sigma_end,
-            v_sigma_begin, v_sigma_end, rho, num_inference_steps,
-        )
-        uses_image_model = _uses_image_model(settings)
-        if uses_image_model and (self.image_unet is None or self.image_text_encoder is None or self.image_tokenizer is None):
+        return self._generate(**call_arguments(locals()))
+
+    def _check_image_model(self, prompt) -> None:
+        if self.image_unet is None or self.image_text_encoder is None or self.image_tokenizer is None:
             raise ValueError(
                 "this zz and interval use the image model, but the pipeline has no image_unet/image_text_encoder/"
                 "image_tokenizer; load them (e.g. with from_checkpoints), or pass iv_mixed=False or zz=1"
             )
-        if uses_image_model and prompt is None:
+        if prompt is None:
             raise ValueError("the image model encodes `prompt` with its own text encoder: pass `prompt`, not only embeddings")
-        self._guidance_scale = guidance_scale
-        if isinstance(prompt, str):
-            batch_size = 1
-        elif isinstance(prompt, list):
-            batch_size = len(prompt)
-        else:
-            batch_size = prompt_embeds.shape[0]
-        device = self._execution_device
 
-        # The zigzag's negative-guidance inversions need the unconditional half even when guidance_scale <= 1.
-        with_uncond = guidance_scale > 1.0 or settings is not None
-        lora_scale = cross_attention_kwargs.get("scale") if cross_attention_kwargs else None
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt, device, 1, with_uncond, negative_prompt,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-            lora_scale=lora_scale, clip_skip=clip_skip,
+    def _image_predictor(self, *, prompt, negative_prompt, num_frames, with_uncond, device, clip_skip, image_batch_size,
+                         cross_attention_kwargs, **_):
+        """The image model conditions on its own text encoder; frames go to its native size when asked."""
+        image_embeds = self.encode_image_prompt(prompt, negative_prompt, num_frames, with_uncond, device, clip_skip)
+        return per_frame_predictor(
+            guided_predictor(self.image_unet, image_embeds, with_uncond, max_batch=image_batch_size,
+                             cross_attention_kwargs=cross_attention_kwargs),
+            sample_size=self.image_unet.config.sample_size if self.resize_image_latents else None,
         )
-        if with_uncond:
-            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
-
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        self._num_timesteps = len(self.scheduler.timesteps)
-        latents = self.prepare_latents(
-            batch_size, self.unet.config.in_channels, num_frames, height, width,
-            prompt_embeds.dtype, device, generator, latents,
-        )
-
-        video_predictor = guided_predictor(
-            self.unet, prompt_embeds, with_uncond, cross_attention_kwargs=cross_attention_kwargs,
-            **self._video_unet_kwargs(),
-        )
-        image_predictor = None
-        if uses_image_model:
-            image_embeds = self.encode_image_prompt(prompt, negative_prompt, num_frames, with_uncond, device, clip_skip)
-            image_predictor = per_frame_predictor(
-                guided_predictor(self.image_unet, image_embeds, with_uncond, max_batch=image_batch_size,
-                                 cross_attention_kwargs=cross_attention_kwargs),
-                sample_size=self.image_unet.config.sample_size if self.resize_image_latents else None,
-            )
-        latents, counts = run_sampler(
-            self, video_predictor, image_predictor, latents, guidance_scale, settings,
-            self.prepare_extra_step_kwargs(generator, eta), callback_on_step_end,
-        )
-
-        if output_type == "latent":
-            video = latents
-        else:
-            frames = decode_guarded(self.vae, latents, self.decode_latents)
-            video = self.video_processor.postprocess_video(video=frames, output_type=output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (video, counts)
-        return IVMixedPipelineOutput(frames=video, network_calls=counts)
