@@ -38,6 +38,10 @@ MODEL_FLAGS = {"video_model": "--video-model", "motion_adapter": "--motion-adapt
 PIPELINE_ONLY = {"motion_adapter": "Animatediff", "unet": "VideoCrafter", "fps_condition": "VideoCrafter"}
 
 
+def _describe(values: Dict[str, Any]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in values.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every flag defaults to ``None`` so that the config file and pipeline presets can fill it in."""
     p = argparse.ArgumentParser(
@@ -45,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Text-to-video with IV-mixed sampling: an image diffusion model lifts the quality of every "
         "frame of a video diffusion model. Also writes the standard video of the same seed for comparison.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"Per-pipeline defaults: {PIPELINE_DEFAULTS}. --tiny defaults: {TINY_DEFAULTS}. "
-        "Precedence: defaults < pipeline defaults < --tiny < --config file < flags.",
+        epilog="pipeline defaults:\n" + "".join(
+            f"  {name}: {_describe(values) or 'as listed above'}\n" for name, values in PIPELINE_DEFAULTS.items()
+        ) + f"  --tiny: {_describe(TINY_DEFAULTS)}\n"
+        "precedence: defaults < pipeline defaults < --tiny < --config file < flags on the command line",
     )
     d = DEFAULTS
     g = p.add_argument_group("what to generate")
