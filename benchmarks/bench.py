@@ -36,9 +36,11 @@ from typing import Dict, List, Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
+from ivmixed.cli import quiet_libraries  # noqa: E402
 from ivmixed.performance import OFFLOAD_MODES, apply_performance_options  # noqa: E402
 from ivmixed.pipelines import PIPELINES  # noqa: E402
 from ivmixed.pipelines import common  # noqa: E402
@@ -374,8 +376,7 @@ def format_table(report: Dict) -> str:
 def main(argv: Optional[List[str]] = None) -> Dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in ("diffusers", "transformers"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_libraries()
     report = benchmark(args)
     print(format_table(report))
     if args.json:
