@@ -40,7 +40,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-from ivmixed.cli import quiet_libraries  # noqa: E402
+from ivmixed.cli import DTYPES, pick_device_and_dtype, quiet_libraries  # noqa: E402
 from ivmixed.performance import OFFLOAD_MODES, apply_performance_options  # noqa: E402
 from ivmixed.pipelines import PIPELINES  # noqa: E402
 from ivmixed.pipelines import common  # noqa: E402
@@ -51,7 +51,6 @@ logger = logging.getLogger("ivmixed.bench")
 PROMPT, NEGATIVE_PROMPT = "a red fox running through fresh snow, golden hour", "blurry, low quality"
 # The resolution each video model was trained at (full size); tiny runs use the tiny models' defaults.
 FULL_SIZE = {"Animatediff": (512, 512), "ModelScope": (256, 256), "VideoCrafter": (320, 512)}
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 VARIANTS = (("standard", False), ("iv_mixed", True))
 
 
@@ -276,8 +275,8 @@ def machine_info(device: torch.device) -> Dict:
 
 
 def benchmark(args) -> Dict:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype_name = args.dtype or ("fp16" if device.type == "cuda" else "fp32")
+    device, dtype_name, dtype = pick_device_and_dtype(args.device, args.dtype)
+    device = torch.device(device)
     threads = args.threads or (1 if args.tiny else None)
     if threads:
         torch.set_num_threads(threads)
@@ -293,7 +292,7 @@ def benchmark(args) -> Dict:
 
     with tempfile.TemporaryDirectory(prefix="ivmixed-bench-") as folder:
         start = time.perf_counter()
-        pipe = build_pipeline(args, folder, device, DTYPES[dtype_name])
+        pipe = build_pipeline(args, folder, device, dtype)
         build_s = time.perf_counter() - start
     pipe.set_progress_bar_config(disable=True)
     if args.height is None or args.width is None:

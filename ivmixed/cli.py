@@ -15,6 +15,9 @@ from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Dict, List, Optional
 
+import torch
+from tqdm.auto import tqdm
+
 from .config import DEFAULTS, PIPELINE_DEFAULTS, PIPELINE_NAMES, TINY_DEFAULTS, ConfigError, load_yaml_config, resolve_settings
 from .compare import contact_sheet, side_by_side
 from .export import VIDEO_FORMATS, write_image, write_json, write_video
@@ -23,11 +26,10 @@ from .performance import OFFLOAD_MODES, apply_performance_options
 from .prompts import Job, read_prompt_file, unique_jobs
 from .loading import ModelLoadError, looks_like_path
 from .sampler import IVMixedSettings, count_network_calls
-from tqdm.auto import tqdm
 
 logger = logging.getLogger("ivmixed")
 
-DTYPES = ("fp16", "bf16", "fp32")
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 LORA_TARGETS = ("image", "video", "both")
 # Named LoRAs (``--lora NAME``) live in the repository's lora/ folder, wherever the tool is started from.
 LORA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lora")
@@ -140,8 +142,6 @@ def validate(s: Dict[str, Any]) -> None:
     if s["offload"] not in OFFLOAD_MODES:
         raise ConfigError(f"--offload must be one of {', '.join(OFFLOAD_MODES)}, got {s['offload']!r}")
     if s["offload"] != "none":
-        import torch
-
         if not torch.cuda.is_available() or (s["device"] is not None and not str(s["device"]).startswith("cuda")):
             raise ConfigError(f"--offload {s['offload']} moves weights between the CPU and a CUDA GPU; "
                               "without one, use --offload none")
@@ -154,8 +154,6 @@ def validate(s: Dict[str, Any]) -> None:
     if s["dtype"] is not None and s["dtype"] not in DTYPES:
         raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {s['dtype']!r}")
     if s["device"] is not None and str(s["device"]).startswith("cuda"):
-        import torch
-
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {s['device']} asked for CUDA, but torch sees no CUDA GPU; pass --device cpu "
                               "(with --tiny for a quick check) or install a CUDA build of torch")
@@ -226,12 +224,11 @@ def package_versions() -> Dict[str, str]:
     return out
 
 
-def pick_device_and_dtype(s: Dict[str, Any]):
-    import torch
-
-    device = s["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
-    name = s["dtype"] or ("fp16" if str(device).startswith("cuda") else "fp32")
-    return device, name, {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
+def pick_device_and_dtype(device: Optional[str], dtype: Optional[str]):
+    """The device (CUDA when available) and the dtype name and torch dtype (fp16 on CUDA, fp32 elsewhere)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    name = dtype or ("fp16" if str(device).startswith("cuda") else "fp32")
+    return device, name, DTYPES[name]
 
 
 def model_sources(s: Dict[str, Any], given: Dict[str, str]) -> Dict[str, str]:
@@ -254,8 +251,6 @@ def quiet_libraries() -> None:
 
 def generate(pipe, s: Dict[str, Any], job: Job, iv_mixed: bool):
     """One video; the generator is seeded afresh so both videos of a prompt share their initial noise."""
-    import torch
-
     kwargs = dict(
         prompt=job.prompt,
         negative_prompt=job.negative_prompt,
@@ -290,7 +285,6 @@ def process_state(s: Dict[str, Any]):
     """accelerate's process state when launched by ``accelerate launch`` or ``torchrun``, else ``None``."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
-    import torch
     from accelerate import PartialState
 
     return PartialState(cpu=s["device"] == "cpu" or not torch.cuda.is_available())
@@ -354,8 +348,6 @@ def run(s: Dict[str, Any], jobs: List[Job]) -> int:
             logger.warning("--tiny: random tiny models; the videos are noise and only check the install")
             # Written before any process group exists: transformers saves on rank 0 only once one does.
             given = save_tiny_checkpoints(tiny_root, s["pipeline"])
-            import torch
-
             torch.set_num_threads(1)  # the tiny networks' ops are too small to gain from more threads
         else:
             given = {k: s[k] for k in MODEL_FLAGS if s[k] is not None}
@@ -371,7 +363,7 @@ def _run_jobs(s: Dict[str, Any], jobs: List[Job], given: Dict[str, str]) -> int:
     todo = []
     for job in jobs:
         record = done.get(job.id or job.stem(s["pipeline"]))
-        if record is not None and manifest.is_finished(record, s["output_dir"]) and not s["overwrite"]:
+        if record is not None and manifest.is_finished(record) and not s["overwrite"]:
             continue
         todo.append(job)
     if state is not None:
@@ -399,7 +391,7 @@ def _run_jobs(s: Dict[str, Any], jobs: List[Job], given: Dict[str, str]) -> int:
 
 
 def _make_all(s: Dict[str, Any], jobs: List[Job], manifest: Manifest, is_main: bool, given: Dict[str, str]) -> int:
-    device, dtype_name, dtype = pick_device_and_dtype(s)
+    device, dtype_name, dtype = pick_device_and_dtype(s["device"], s["dtype"])
     models = model_sources(s, given)
     check_frame_limit(s, models)
     from .pipelines import PIPELINES
@@ -467,8 +459,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def describe_failure(exc: Exception):
     """The exit status and one-line message for a failure during a run."""
-    import torch
-
     if isinstance(exc, ConfigError):
         return 2, str(exc)
     if isinstance(exc, ModelLoadError):

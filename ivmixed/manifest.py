@@ -20,6 +20,7 @@ class Manifest:
     """Append-only record of finished prompts in ``folder``; the last record of an id wins."""
 
     def __init__(self, folder: str):
+        self.folder = folder
         self.path = os.path.join(folder, MANIFEST_NAME)
 
     def records(self) -> Dict[str, dict]:
@@ -37,9 +38,9 @@ class Manifest:
                     logger.warning("%s:%d is not a manifest record; ignoring it", self.path, n)
         return out
 
-    def is_finished(self, record: dict, folder: str) -> bool:
+    def is_finished(self, record: dict) -> bool:
         """A prompt counts as finished when its record exists and every file it names is still there."""
-        return all(os.path.exists(os.path.join(folder, p)) for p in record.get("files", {}).values())
+        return all(os.path.exists(os.path.join(self.folder, p)) for p in record.get("files", {}).values())
 
     def append(self, record: dict) -> None:
         """Add one record as a single locked, synced write, so concurrent writers never interleave lines."""

@@ -64,6 +64,14 @@ class IVMixedSettings:
         """Whether the zigzag of ``step`` moves with the image model (else the video model)."""
         return step % self.zz < self.zz - 1
 
+    def zigzag_steps(self) -> range:
+        """The steps that zigzag (on settings whose ``interval_end`` is filled in, see :meth:`resolved`)."""
+        return range(self.interval_begin, self.interval_end + 1)  # type: ignore[operator]
+
+    def image_model_needed(self) -> bool:
+        """Whether any zigzag step moves with the image model (on resolved settings)."""
+        return any(self.uses_image_model(i) for i in self.zigzag_steps())
+
     def in_interval(self, step: int) -> bool:
         return self.interval_begin <= step <= self.interval_end  # type: ignore[operator]
 
@@ -106,9 +114,7 @@ def sample_iv_mixed(
     step_kwargs = step_kwargs or {}
     if settings is not None:
         settings = settings.resolved(num_steps)
-        if image_model is None and any(
-            settings.uses_image_model(i) for i in range(settings.interval_begin, settings.interval_end + 1)
-        ):
+        if image_model is None and settings.image_model_needed():
             raise ValueError("this zz and interval use the image model, but none was given")
         image_weights = guidance_schedule(settings.i_sigma_begin, settings.i_sigma_end, num_steps, settings.rho)
         video_weights = guidance_schedule(settings.v_sigma_begin, settings.v_sigma_end, num_steps, settings.rho)
@@ -152,7 +158,7 @@ def count_network_calls(total_steps: int, settings: Optional[IVMixedSettings]) -
     if settings is None:
         return counts
     settings = settings.resolved(total_steps)
-    for i in range(settings.interval_begin, settings.interval_end + 1):
+    for i in settings.zigzag_steps():
         if settings.uses_image_model(i):
             counts["image"] += 2
             counts["video"] += 2

@@ -183,13 +183,6 @@ def decode_guarded(vae: torch.nn.Module, latents: torch.Tensor, decode: Callable
     raise NonFiniteLatentsError(f"the VAE decoded NaN or infinite pixels (VAE dtype {dtype}, also tried float32); {advice}")
 
 
-def uses_image_model(settings: Optional[IVMixedSettings]) -> bool:
-    """Whether any zigzag step of ``settings`` moves with the image model."""
-    if settings is None:
-        return False
-    return any(settings.uses_image_model(i) for i in range(settings.interval_begin, settings.interval_end + 1))
-
-
 def call_arguments(frame_locals: Dict) -> Dict:
     """A ``__call__``'s own arguments (its ``locals()`` at entry), to hand to :meth:`IVMixedSamplingMixin._generate`."""
     return {k: v for k, v in frame_locals.items() if k not in ("self", "__class__")}
@@ -249,7 +242,7 @@ class IVMixedSamplingMixin:
             iv_mixed, interval_begin, interval_end, self.default_zz if zz is None else zz, i_sigma_begin, i_sigma_end,
             v_sigma_begin, v_sigma_end, rho, num_inference_steps,
         )
-        with_image_model = uses_image_model(settings)
+        with_image_model = settings is not None and settings.image_model_needed()
         if with_image_model:
             self._check_image_model(prompt)
         self._guidance_scale = guidance_scale
