@@ -8,57 +8,68 @@ Nothing here loads a model, touches a file or prints: a pipeline (or a test) han
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable, ContextManager, Dict, List, Optional
 
 import torch
 from tqdm.auto import tqdm
 
+from .errors import SettingError
 from .guidance import guidance_schedule
 
 NoisePredictor = Callable[[torch.Tensor, int, float], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], Optional[torch.Tensor]]
 
 
+def _knob(default, help: str):
+    """A field of :class:`IVMixedSettings` with the one sentence the CLI and the docs show for it."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class IVMixedSettings:
-    """The knobs of IV-mixed sampling; names match the CLI flags, YAML keys and pipeline keywords."""
+    """The knobs of IV-mixed sampling: the single owner of their defaults, checks and help texts.
 
-    interval_begin: int = 0
-    interval_end: Optional[int] = None
-    zz: int = 1000
-    i_sigma_begin: float = 4.0
-    i_sigma_end: float = 4.0
-    v_sigma_begin: float = 4.0
-    v_sigma_end: float = 4.0
-    rho: float = 7.0
+    Names match the pipeline keywords and the YAML keys; the CLI derives its flags from these fields.
+    """
+
+    interval_begin: int = _knob(0, "first step (0-based) with the zigzag")
+    interval_end: Optional[int] = _knob(None, "last step with the zigzag (default: the last step, N-1)")
+    zz: int = _knob(1000, "image-model share: step i zigzags with the image model when i % zz < zz - 1, else with "
+                          "the video model; 1 = never (favours coherence), larger = more often (favours detail)")
+    i_sigma_begin: float = _knob(4.0, "image-model guidance weight at the first step, >= 0")
+    i_sigma_end: float = _knob(4.0, "image-model guidance weight at the last step, >= 0")
+    v_sigma_begin: float = _knob(4.0, "video-model guidance weight at the first step, >= 0")
+    v_sigma_end: float = _knob(4.0, "video-model guidance weight at the last step, >= 0")
+    rho: float = _knob(7.0, "curvature of the guidance schedules between begin and end (Karras-style), > 0")
 
     def resolved(self, num_steps: int) -> "IVMixedSettings":
         """A copy with ``interval_end`` filled in (last step by default), checked against ``num_steps``."""
         end = num_steps - 1 if self.interval_end is None else self.interval_end
-        settings = IVMixedSettings(**{**asdict(self), "interval_end": end})
+        settings = replace(self, interval_end=end)
         settings.check(num_steps)
         return settings
 
     def check(self, num_steps: int) -> None:
-        """Raise ``ValueError`` with an actionable message for values the sampler cannot honour."""
+        """Raise :class:`~ivmixed.errors.SettingError` with an actionable message for values the sampler
+        cannot honour."""
         if num_steps < 1:
-            raise ValueError(f"the number of inference steps must be at least 1, got {num_steps}")
+            raise SettingError(f"the number of inference steps must be at least 1, got {num_steps}")
         end = num_steps - 1 if self.interval_end is None else self.interval_end
         if not 0 <= self.interval_begin <= num_steps - 1:
-            raise ValueError(f"interval_begin must be between 0 and {num_steps - 1} (steps - 1), got {self.interval_begin}")
+            raise SettingError(f"{{interval_begin}} must be between 0 and {num_steps - 1} (steps - 1), got {self.interval_begin}")
         if not 0 <= end <= num_steps - 1:
-            raise ValueError(f"interval_end must be between 0 and {num_steps - 1} (steps - 1), got {end}")
+            raise SettingError(f"{{interval_end}} must be between 0 and {num_steps - 1} (steps - 1), got {end}")
         if self.interval_begin > end:
-            raise ValueError(f"interval_begin ({self.interval_begin}) must not be after interval_end ({end})")
+            raise SettingError(f"{{interval_begin}} ({self.interval_begin}) must not be after {{interval_end}} ({end})")
         if self.zz < 1:
-            raise ValueError(f"zz must be at least 1, got {self.zz}")
+            raise SettingError(f"{{zz}} must be at least 1, got {self.zz}")
         for name in ("i_sigma_begin", "i_sigma_end", "v_sigma_begin", "v_sigma_end"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+                raise SettingError(f"{{{name}}} must be a finite number >= 0, got {value}")
         if not math.isfinite(self.rho) or self.rho <= 0:
-            raise ValueError(f"rho must be a positive number, got {self.rho}")
+            raise SettingError(f"{{rho}} must be a positive number, got {self.rho}")
 
     def uses_image_model(self, step: int) -> bool:
         """Whether the zigzag of ``step`` moves with the image model (else the video model)."""

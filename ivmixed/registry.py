@@ -1,0 +1,129 @@
+"""The pipelines by name: what each loads, its defaults and its limits, without importing any of them.
+
+The command line, the run configuration and the runner learn everything pipeline-specific here, so they
+never reach into a pipeline's code; importing this module costs nothing (no torch, no diffusers).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint a pipeline loads: its keyword (``from_checkpoints`` and the run setting), what it is
+    called in messages, and the hub id used when none is given."""
+
+    key: str
+    what: str
+    default: str
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """Everything the run layer knows of one pipeline."""
+
+    name: str
+    class_path: str  # "module:Class", imported on first use
+    checkpoints: Tuple[Checkpoint, ...]
+    # Run settings whose defaults differ from the built-in ones (height, width, guidance, zz, ...).
+    defaults: Mapping[str, Any]
+    # Settings only this pipeline takes (a value on another pipeline is refused).
+    options: Tuple[str, ...] = ()
+    # Whether a LoRA can go into the video model (its UNet is an SD 1.5 UNet).
+    video_lora: bool = False
+    scheduler: str = "DDIM"
+    # Settings that change the standard (baseline) video too, beyond the ones every pipeline shares.
+    standard_options: Tuple[str, ...] = field(default=())
+
+    def checkpoint(self, key: str) -> Checkpoint:
+        return next(c for c in self.checkpoints if c.key == key)
+
+    def pipeline_class(self):
+        """The pipeline class (imports torch and diffusers)."""
+        module, name = self.class_path.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def max_frames(self, sources: Mapping[str, str]) -> Optional[int]:
+        """The most frames the video model takes in one window, when its config says so and can be read
+        without loading it (``None`` when there is no limit or it cannot be known yet)."""
+        if "motion_adapter" not in sources:
+            return None
+        config = read_config(sources["motion_adapter"])
+        if config is None:
+            return None
+        return int(config.get("motion_max_seq_length", 32))
+
+
+def read_config(source: str) -> Optional[Dict[str, Any]]:
+    """A checkpoint's ``config.json`` from a local folder or the local hub cache, never from the network."""
+    path = os.path.join(os.path.expanduser(source), "config.json")
+    if not os.path.isfile(path):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(source, "config.json")
+        except Exception:  # not a valid repo id: loading will say so
+            return None
+        if not isinstance(cached, str):
+            return None
+        path = cached
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+ANIMATEDIFF = PipelineSpec(
+    name="Animatediff",
+    class_path="ivmixed.pipelines.animatediff:IVMixedAnimateDiffPipeline",
+    checkpoints=(
+        Checkpoint("video_model", "video model", "SG161222/Realistic_Vision_V5.1_noVAE"),
+        Checkpoint("motion_adapter", "motion adapter", "guoyww/animatediff-motion-adapter-v1-5-3"),
+        Checkpoint("image_model", "image model", SD15),
+    ),
+    defaults={"height": 512, "width": 512, "guidance_scale": 7.5, "zz": 1000},
+    video_lora=True,
+)
+MODELSCOPE = PipelineSpec(
+    name="ModelScope",
+    class_path="ivmixed.pipelines.modelscope:IVMixedModelScopePipeline",
+    checkpoints=(
+        Checkpoint("video_model", "video model", "ali-vilab/text-to-video-ms-1.7b"),
+        Checkpoint("image_model", "image model", SD15),
+    ),
+    defaults={"height": 256, "width": 256, "guidance_scale": 9.0, "zz": 1000},
+)
+VIDEOCRAFTER = PipelineSpec(
+    name="VideoCrafter",
+    class_path="ivmixed.pipelines.videocrafter:IVMixedVideoCrafterPipeline",
+    checkpoints=(
+        Checkpoint("video_model", "video model", "cerspense/zeroscope_v2_576w"),
+        Checkpoint("unet", "VideoCrafter2 UNet", "adamdad/videocrafterv2_diffusers"),
+        Checkpoint("image_model", "image model", "SG161222/Realistic_Vision_V6.0_B1_noVAE"),
+    ),
+    defaults={"height": 320, "width": 512, "guidance_scale": 9.0, "zz": 3, "fps_condition": 24},
+    options=("fps_condition",),
+    scheduler="DPM-Solver++ (SDE)",
+    standard_options=("fps_condition", "reference_compat"),
+)
+
+PIPELINES: Dict[str, PipelineSpec] = {spec.name: spec for spec in (ANIMATEDIFF, MODELSCOPE, VIDEOCRAFTER)}
+# Every checkpoint keyword any pipeline takes, in a stable order.
+CHECKPOINT_KEYS = ("video_model", "motion_adapter", "unet", "image_model")
+
+
+def find_pipeline(name: str) -> Optional[PipelineSpec]:
+    """The pipeline called ``name``, in any letter case."""
+    for spec in PIPELINES.values():
+        if spec.name.lower() == str(name).lower():
+            return spec
+    return None
