@@ -1,10 +1,9 @@
-"""Command-line entry point: ``python inference.py --prompt "..." --pipeline Animatediff`` (see --help)."""
+"""Command-line entry point: ``python inference.py --prompt "..." --pipeline Animatediff`` (see --help).
 
-import os
+The same command line is installed as ``ivmixed`` by ``pip install .``.
+"""
 
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-from ivmixed.cli import main  # noqa: E402
+from ivmixed.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

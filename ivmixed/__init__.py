@@ -9,7 +9,7 @@ from importlib import import_module
 from .guidance import combine_guidance, guidance_schedule
 from .sampler import IVMixedSettings, count_network_calls, ddim_move, sample_iv_mixed
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "PIPELINES": ".pipelines",

@@ -1,23 +1,35 @@
-"""Standard vs IV-mixed, side by side: a labelled video and a PNG contact sheet of frames of both."""
+"""Standard vs IV-mixed, side by side: a labelled video and a PNG contact sheet of frames of both.
+
+Labels scale with the frame size (about 1/20 of the frame height, at least 10 px), so they stay readable on
+512 px frames and still fit on the tiny models' 64 px frames.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+import textwrap
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .export import to_uint8
 
+BACKGROUND = (255, 255, 255)
 
-def label(frame: np.ndarray, text: str) -> np.ndarray:
+
+def font_for(height: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=max(10, height // 20))
+
+
+def label(frame: np.ndarray, text: str, font: Optional[ImageFont.ImageFont] = None) -> np.ndarray:
     """Write ``text`` on a dark band in the frame's top-left corner (the frame keeps its size)."""
     image = Image.fromarray(frame)
     draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
-    left, top, right, bottom = draw.textbbox((2, 1), text, font=font)
-    draw.rectangle((0, 0, right + 2, bottom + 2), fill=(0, 0, 0))
-    draw.text((2, 1), text, fill=(255, 255, 255), font=font)
+    font = font or font_for(frame.shape[0])
+    pad = max(1, frame.shape[0] // 100)
+    left, top, right, bottom = draw.textbbox((pad, pad), text, font=font)
+    draw.rectangle((0, 0, right + pad, bottom + pad), fill=(0, 0, 0))
+    draw.text((pad, pad), text, fill=(255, 255, 255), font=font)
     return np.asarray(image)
 
 
@@ -31,13 +43,46 @@ def side_by_side(standard: np.ndarray, iv_mixed: np.ndarray, labels: Sequence[st
     ])
 
 
-def contact_sheet(standard: np.ndarray, iv_mixed: np.ndarray, max_frames: int = 8) -> np.ndarray:
-    """One image: a row of evenly spaced frames per video (standard on top), each row labelled."""
+def frame_picks(count: int, max_frames: int) -> np.ndarray:
+    """Evenly spaced frame indices, first and last included."""
+    return np.unique(np.linspace(0, count - 1, min(max_frames, count)).round().astype(int))
+
+
+def grid_image(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str], column_labels: Sequence[str],
+               caption: Optional[str] = None) -> np.ndarray:
+    """Tiles ``rows[r][c]`` (uint8 ``(h, w, 3)``, all one size) with gaps, a label over each row and a number
+    over each column, and a wrapped caption on top."""
+    h, w = rows[0][0].shape[:2]
+    font = font_for(h)
+    size = font.size if hasattr(font, "size") else 10
+    gap = max(2, h // 32)
+    line = size + gap
+    chars = max(20, int((len(column_labels) * (w + gap)) / (0.55 * size)))
+    caption_lines = textwrap.wrap(caption, chars) if caption else []
+    top = len(caption_lines) * line + (gap if caption_lines else 0)
+    width = len(column_labels) * (w + gap) + gap
+    height = top + len(rows) * (h + 2 * line) + gap
+    sheet = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    for n, text in enumerate(caption_lines):
+        draw.text((gap, gap + n * line), text, fill=(0, 0, 0), font=font)
+    y = top
+    for row, name in zip(rows, row_labels):
+        draw.text((gap, y + gap // 2), name, fill=(0, 0, 0), font=font)
+        y += line
+        for c, tile in enumerate(row):
+            x = gap + c * (w + gap)
+            draw.text((x, y), column_labels[c], fill=(90, 90, 90), font=font)
+            sheet.paste(Image.fromarray(tile), (x, y + line))
+        y += h + line
+    return np.asarray(sheet)
+
+
+def contact_sheet(standard: np.ndarray, iv_mixed: np.ndarray, max_frames: int = 8,
+                  caption: Optional[str] = None) -> np.ndarray:
+    """One image: a row of evenly spaced, numbered frames per video (standard on top), each row labelled, with
+    the run's settings as a caption."""
     standard, iv_mixed = to_uint8(standard), to_uint8(iv_mixed)
-    picks = np.unique(np.linspace(0, len(standard) - 1, min(max_frames, len(standard))).round().astype(int))
-    rows = []
-    for video, name in ((standard, "standard"), (iv_mixed, "IV-mixed")):
-        frames = [video[i] for i in picks]
-        frames[0] = label(frames[0], name)
-        rows.append(np.concatenate(frames, axis=1))
-    return np.concatenate(rows, axis=0)
+    picks = frame_picks(len(standard), max_frames)
+    rows = [[video[i] for i in picks] for video in (standard, iv_mixed)]
+    return grid_image(rows, ("standard", "IV-mixed"), [f"frame {i + 1}" for i in picks], caption)

@@ -1,90 +1,232 @@
-"""Run settings: built-in and per-pipeline defaults, YAML presets, and the order in which they apply.
+"""The run configuration: one typed object, built once and checked once, before any model loads.
 
-Precedence, lowest first: built-in defaults, the pipeline's defaults, ``--tiny`` sizes, the ``--config``
-file, flags given on the command line. Keys are the CLI flags' names with ``-`` written as ``_``.
+Layers, lowest first: built-in defaults (the fields below and :class:`~ivmixed.sampler.IVMixedSettings`), the
+pipeline's preset (:mod:`ivmixed.registry`), a YAML file, ``tiny`` sizes, then values given explicitly (the
+command line's flags). ``tiny`` sizes win over the YAML file's so that a tiny run is always a quick check;
+explicit values win over everything.
+
+Every setting has one owner: its field here (or in ``IVMixedSettings``) holds its default, its help text and its
+check. YAML keys and flags derive from the field names.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+import math
+import os
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-import yaml
+from .errors import SettingError, quote
+from .registry import CHECKPOINT_KEYS, PIPELINES, PipelineSpec, find_pipeline
+from .sampler import IVMixedSettings
 
-PIPELINE_NAMES = ("Animatediff", "ModelScope", "VideoCrafter")
+ConfigError = SettingError  # the name the rest of the package and its users know
 
-DEFAULTS: Dict[str, Any] = {
-    "pipeline": "Animatediff",
-    "prompt": None,
-    "prompt_file": None,
-    "negative_prompt": None,
-    "seed": 23523,
-    "inference_step": 50,
-    "interval_begin": 0,
-    "interval_end": None,
-    "zz": 1000,
-    "i_sigma_begin": 4.0,
-    "i_sigma_end": 4.0,
-    "v_sigma_begin": 4.0,
-    "v_sigma_end": 4.0,
-    "rho": 7.0,
-    "num_frames": 16,
-    "height": 512,
-    "width": 512,
-    "guidance_scale": 7.5,
-    "fps": 8,
-    "fps_condition": 24,
-    "output_dir": "outputs",
-    "format": "mp4",
-    "no_standard": False,
-    "side_by_side": False,
-    "overwrite": False,
-    "device": None,
-    "dtype": None,
-    "video_model": None,
-    "motion_adapter": None,
-    "unet": None,
-    "image_model": None,
-    "lora": None,
-    "lora_scale": None,
-    "lora_target": "image",
-    "tiny": False,
-    "image_batch_size": None,
-    "offload": "none",
-    "compile": False,
-    "channels_last": False,
-    "vae_slicing": False,
-    "vae_tiling": False,
-}
-
-INT_KEYS = {"seed", "inference_step", "interval_begin", "interval_end", "zz", "num_frames", "height", "width", "fps",
-            "fps_condition", "image_batch_size"}
-FLOAT_KEYS = {"i_sigma_begin", "i_sigma_end", "v_sigma_begin", "v_sigma_end", "rho", "guidance_scale", "lora_scale"}
-BOOL_KEYS = {"no_standard", "side_by_side", "overwrite", "tiny", "compile", "channels_last", "vae_slicing", "vae_tiling"}
-
-# What differs from DEFAULTS per pipeline; configs/<pipeline>.yaml spell these out as presets.
-PIPELINE_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "Animatediff": {},
-    "ModelScope": {"height": 256, "width": 256, "guidance_scale": 9.0},
-    "VideoCrafter": {"height": 320, "width": 512, "guidance_scale": 9.0, "zz": 3},
-}
-
+PIPELINE_NAMES = tuple(PIPELINES)
+VIDEO_FORMATS = ("mp4", "gif")
+DTYPE_NAMES = ("fp16", "bf16", "fp32")
+OFFLOAD_MODES = ("none", "model", "sequential")
+LORA_TARGETS = ("image", "video", "both")
+REFERENCE_MAX_STEPS = 50
+SEED_LIMIT = 2**64  # torch generators take seeds in [0, 2**64)
+# A latent tensor larger than this many elements per video cannot fit any GPU's memory (the UNets' activations
+# are many times the latents); such sizes are typos, refused before loading rather than left to hang.
+MAX_LATENT_ELEMENTS = 4 * 256 * 256 * 1024
 # --tiny runs random tiny models: small frames and few steps keep the whole path to seconds on a CPU.
-TINY_DEFAULTS: Dict[str, Any] = {"num_frames": 8, "height": 64, "width": 64, "inference_step": 10}
+TINY_SIZES: Dict[str, Any] = {"num_frames": 8, "height": 64, "width": 64, "inference_step": 10}
 
 
-class ConfigError(ValueError):
-    """A settings problem the user fixes by editing a flag or a file."""
+def _setting(default, help: str, group: str, check: Optional[Callable[[Any], Optional[str]]] = None,
+             choices: Optional[Tuple[str, ...]] = None, metavar: Optional[str] = None):
+    metadata = {"help": help, "group": group, "check": check, "choices": choices, "metavar": metavar}
+    return field(default=default, metadata=metadata)
+
+
+def _at_least(low: int) -> Callable[[Any], Optional[str]]:
+    return lambda v: None if v >= low else f"must be at least {low}, got {v}"
+
+
+def _multiple_of_8(v: int) -> Optional[str]:
+    return None if v >= 8 and v % 8 == 0 else f"must be a positive multiple of 8, got {v}"
+
+
+def _finite_at_least_0(v: float) -> Optional[str]:
+    return None if math.isfinite(v) and v >= 0 else f"must be a finite number >= 0, got {v}"
+
+
+def _finite(v: float) -> Optional[str]:
+    return None if math.isfinite(v) else f"must be a finite number, got {v}"
+
+
+def _seed(v: int) -> Optional[str]:
+    return None if 0 <= v < SEED_LIMIT else f"must be a whole number from 0 to 2**64 - 1, got {v}"
+
+
+def _not_blank(v: Optional[str]) -> Optional[str]:
+    return None if v is None or v.strip() else "must not be empty"
+
+
+WHAT, MODELS, OUTPUT, SPEED = "what to generate", "models", "output and run", "speed and memory"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs to know, typed; ``iv_mixed`` holds the IV-mixed knobs."""
+
+    pipeline: str = _setting("Animatediff", "video model family: " + ", ".join(PIPELINE_NAMES) + " (any case)", WHAT,
+                             metavar="NAME")
+    prompt: Optional[str] = _setting(None, "text prompt", WHAT, _not_blank)
+    prompt_file: Optional[str] = _setting(
+        None, "many prompts: .txt (one per line, # comments), or .csv/.jsonl with a 'prompt' column and optional "
+        "seed, negative_prompt, id", WHAT)
+    negative_prompt: Optional[str] = _setting(None, "negative prompt (default none)", WHAT)
+    seed: int = _setting(23523, "random seed; both videos start from the same noise", WHAT, _seed)
+    inference_step: int = _setting(50, "number of denoising steps N", WHAT, _at_least(1))
+    num_frames: int = _setting(16, "frames per video", WHAT, _at_least(1))
+    height: int = _setting(512, "frame height in pixels, a multiple of 8 (default: the pipeline's)", WHAT, _multiple_of_8)
+    width: int = _setting(512, "frame width in pixels, a multiple of 8 (default: the pipeline's)", WHAT, _multiple_of_8)
+    guidance_scale: float = _setting(7.5, "classifier-free guidance of the main steps (default: the pipeline's)", WHAT,
+                                     _finite_at_least_0)
+    fps_condition: int = _setting(24, "VideoCrafter: the frame rate its UNet is conditioned on", WHAT, _at_least(1))
+    reference_compat: bool = _setting(False, "reproduce the published implementation's per-pipeline details "
+                                      "(see the README's table); at most 50 steps", WHAT)
+    iv_mixed: IVMixedSettings = field(default_factory=IVMixedSettings)
+
+    video_model: Optional[str] = _setting(None, "hub id or local folder of the video model (default: the pipeline's)",
+                                          MODELS)
+    motion_adapter: Optional[str] = _setting(None, "Animatediff: hub id or local folder of the motion adapter", MODELS)
+    unet: Optional[str] = _setting(None, "VideoCrafter: hub id or local folder of the VideoCrafter2 UNet", MODELS)
+    image_model: Optional[str] = _setting(None, "hub id or local folder of the image model (SD 1.5 family)", MODELS)
+    tiny: bool = _setting(False, "random tiny models, offline, in seconds: checks an install; the videos are noise",
+                          MODELS)
+    lora: Optional[str] = _setting(None, "LoRA for the image model: a name under lora/, a converted folder or a "
+                                   ".safetensors file", MODELS)
+    lora_scale: Optional[float] = _setting(None, "strength of a LoRA .safetensors file (default 0.75, as the "
+                                           "converter's --alpha)", MODELS, _finite)
+    lora_target: str = _setting("image", "which UNet(s) get the LoRA", MODELS, choices=LORA_TARGETS)
+
+    output_dir: str = _setting("outputs", "where videos, records and the manifest go", OUTPUT)
+    format: str = _setting("mp4", "video file format", OUTPUT, choices=VIDEO_FORMATS)
+    fps: int = _setting(8, "frames per second of the written videos", OUTPUT, _at_least(1))
+    no_standard: bool = _setting(False, "skip the standard (baseline) video", OUTPUT)
+    side_by_side: bool = _setting(False, "also write a labelled standard|IV-mixed video and a PNG contact sheet",
+                                  OUTPUT)
+    overwrite: bool = _setting(False, "make this configuration's files again even when they are finished", OUTPUT)
+    device: Optional[str] = _setting(None, "torch device (default cuda when available, else cpu)", OUTPUT)
+    dtype: Optional[str] = _setting(None, "network precision (default fp16 on CUDA, fp32 elsewhere)", OUTPUT,
+                                    choices=DTYPE_NAMES)
+
+    image_batch_size: Optional[int] = _setting(None, "at most this many frames per image-model call, to bound memory "
+                                               "(default: all frames at once)", SPEED, _at_least(1))
+    offload: str = _setting("none", "keep weights on the CPU until used: model (whole networks) or sequential "
+                            "(least memory, slowest); CUDA only", SPEED, choices=OFFLOAD_MODES)
+    compile: bool = _setting(False, "torch.compile both UNets (slow first step)", SPEED)
+    channels_last: bool = _setting(False, "channels-last layout for the UNets' 2D convolutions", SPEED)
+    vae_slicing: bool = _setting(False, "decode one frame at a time", SPEED)
+    vae_tiling: bool = _setting(False, "decode large frames in overlapping tiles", SPEED)
+
+    @property
+    def spec(self) -> PipelineSpec:
+        return PIPELINES[self.pipeline]
+
+    @property
+    def steps(self) -> int:
+        return self.inference_step
+
+    def model_sources(self) -> Dict[str, str]:
+        """The checkpoints this pipeline loads: given ones, else the pipeline's defaults."""
+        return {c.key: getattr(self, c.key) or c.default for c in self.spec.checkpoints}
+
+    def settings(self) -> Dict[str, Any]:
+        """Every setting by its flat name (the YAML keys), as the run record stores them."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "iv_mixed"}
+        out.update(asdict(self.iv_mixed))
+        return out
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One flat setting: its name, type, default, help, choices, whether ``None`` is allowed, and its check."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    group: str
+    nullable: bool
+    choices: Optional[Tuple[str, ...]] = None
+    check: Optional[Callable[[Any], Optional[str]]] = None
+    metavar: Optional[str] = None
+
+
+def _field_type(hint) -> Tuple[type, bool]:
+    args = typing.get_args(hint)
+    if type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return hint, False
+
+
+def _settings_table() -> Dict[str, Setting]:
+    table: Dict[str, Setting] = {}
+    for owner in (RunConfig, IVMixedSettings):
+        hints = typing.get_type_hints(owner)
+        for f in fields(owner):
+            if f.name == "iv_mixed":
+                continue
+            kind, nullable = _field_type(hints[f.name])
+            default = f.default if f.default is not MISSING else None
+            meta = f.metadata
+            table[f.name] = Setting(f.name, kind, default, meta.get("help", ""),
+                                    meta.get("group", "IV-mixed sampling (quality vs temporal coherence)"), nullable,
+                                    meta.get("choices"), meta.get("check"), meta.get("metavar"))
+    return table
+
+
+SETTINGS: Dict[str, Setting] = _settings_table()
+IV_MIXED_KEYS = tuple(f.name for f in fields(IVMixedSettings))
+
+
+# -- reading values ------------------------------------------------------------------------------------------
+
+
+def typed_value(key: str, value: Any, where: str) -> Any:
+    """``value`` as setting ``key``'s type, or a :class:`ConfigError` naming ``where`` it came from."""
+    s = SETTINGS[key]
+    if value is None:
+        if s.nullable:
+            return None
+        raise ConfigError(f"{where}: {{{key}}} is empty (null); give a value or remove it to use the default")
+    if s.type is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: {{{key}}} must be true or false, got {quote(value)}")
+    if s.type is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: {{{key}}} must be a whole number, got {quote(value)}")
+    if s.type is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: {{{key}}} must be a number, got {quote(value)}")
+    if isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: {{{key}}} must be text, got {quote(value)}")
 
 
 def load_yaml_config(path: str) -> Dict[str, Any]:
-    """Read a preset file: a YAML mapping whose keys are setting names."""
+    """Read a YAML file of settings (a mapping whose keys are setting names), typed."""
+    import yaml
+
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             data = yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; give a YAML file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        raise ConfigError(f"cannot read config file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -93,42 +235,154 @@ def load_yaml_config(path: str) -> Dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of setting: value, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(DEFAULTS))
+    unknown = sorted(str(k) for k in set(data) - set(SETTINGS))
     if unknown:
-        raise ConfigError(f"config file {path} has unknown key(s) {', '.join(map(str, unknown))}; "
-                          f"valid keys are the flag names with '_' (e.g. inference_step, guidance_scale)")
-    return {key: _typed(key, value, path) for key, value in data.items()}
+        raise ConfigError(f"config file {path} has unknown key(s) {', '.join(unknown)}; valid keys are the "
+                          "setting names (e.g. inference_step, guidance_scale, zz)")
+    return {key: typed_value(key, value, f"config file {path}") for key, value in data.items()}
 
 
-def _typed(key: str, value: Any, path: str) -> Any:
-    """A config value with the type its flag would give it, or a ConfigError naming the key."""
-    if value is None:
-        return None
-    if key in BOOL_KEYS:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config file {path}: {key} must be true or false, got {value!r}")
-    if key in INT_KEYS:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"config file {path}: {key} must be a whole number, got {value!r}")
-    if key in FLOAT_KEYS:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"config file {path}: {key} must be a number, got {value!r}")
-    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise ConfigError(f"config file {path}: {key} must be a single value, got {value!r}")
+# -- building and checking -----------------------------------------------------------------------------------
 
 
-def resolve_settings(flags: Dict[str, Any], config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Merge the layers; ``flags`` holds only what was given on the command line (``None`` = not given)."""
-    config = config or {}
-    given = {k: v for k, v in flags.items() if v is not None}
-    pipeline = given.get("pipeline") or config.get("pipeline") or DEFAULTS["pipeline"]
-    if pipeline not in PIPELINE_NAMES:
-        raise ConfigError(f"unknown pipeline {pipeline!r}; choose one of {', '.join(PIPELINE_NAMES)}")
-    tiny = bool(given.get("tiny") or config.get("tiny"))
-    settings = {**DEFAULTS, **PIPELINE_DEFAULTS[pipeline], **(TINY_DEFAULTS if tiny else {}), **config, **given}
-    settings["pipeline"], settings["tiny"] = pipeline, tiny
-    return settings
+@dataclass(frozen=True)
+class Layers:
+    """Where each value of a built configuration came from, for the log and the record."""
+
+    tiny_over_config: Tuple[str, ...] = ()
+
+
+def build_config(given: Optional[Mapping[str, Any]] = None, config_file: Optional[Mapping[str, Any]] = None) -> RunConfig:
+    """Merge the layers into a checked :class:`RunConfig`.
+
+    ``given`` holds explicitly given values by setting name (``None`` = not given); ``config_file`` the typed
+    values of a YAML file (:func:`load_yaml_config`). Raises :class:`ConfigError` for anything no run could honour.
+    """
+    config, _ = build_config_with_layers(given, config_file)
+    return config
+
+
+def build_config_with_layers(given: Optional[Mapping[str, Any]] = None,
+                             config_file: Optional[Mapping[str, Any]] = None) -> Tuple[RunConfig, Layers]:
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    config_file = dict(config_file or {})
+    unknown = sorted(set(given) - set(SETTINGS))
+    if unknown:
+        raise TypeError(f"unknown setting(s) {', '.join(unknown)}")
+    name = given.get("pipeline") or config_file.get("pipeline") or SETTINGS["pipeline"].default
+    spec = find_pipeline(name)
+    if spec is None:
+        raise ConfigError(f"unknown {{pipeline}} {quote(name)}; choose one of {', '.join(PIPELINE_NAMES)}")
+    tiny = bool(given.get("tiny", config_file.get("tiny", False)))
+    values = {key: s.default for key, s in SETTINGS.items()}
+    values.update(spec.defaults)
+    values.update(config_file)
+    overridden: Tuple[str, ...] = ()
+    if tiny:
+        overridden = tuple(k for k in TINY_SIZES if k in config_file and config_file[k] != TINY_SIZES[k])
+        values.update(TINY_SIZES)
+    values.update(given)
+    values["pipeline"], values["tiny"] = spec.name, tiny
+    for key, value in values.items():
+        values[key] = typed_value(key, value, "setting") if value is not None or not SETTINGS[key].nullable else None
+    config = RunConfig(
+        iv_mixed=IVMixedSettings(**{k: values.pop(k) for k in IV_MIXED_KEYS}),
+        **values,
+    )
+    check(config)
+    return config, Layers(overridden)
+
+
+def check(config: RunConfig) -> None:
+    """Refuse values no run could honour, before any model loads."""
+    for key, s in SETTINGS.items():
+        value = getattr(config.iv_mixed, key) if key in IV_MIXED_KEYS else getattr(config, key)
+        if value is None:
+            continue
+        if s.choices is not None and value not in s.choices:
+            raise ConfigError(f"{{{key}}} must be one of {', '.join(s.choices)}, got {quote(value)}")
+        problem = s.check(value) if s.check is not None else None
+        if problem:
+            raise ConfigError(f"{{{key}}} {problem}")
+    if config.prompt is not None and config.prompt_file is not None:
+        raise ConfigError("give either {prompt} or {prompt_file}, not both")
+    if config.prompt is None and config.prompt_file is None:
+        raise ConfigError("a prompt is required: give {prompt} or {prompt_file}")
+    spec = config.spec
+    for key in ("motion_adapter", "unet", "fps_condition"):
+        value = getattr(config, key)
+        if key in CHECKPOINT_KEYS:
+            takes = any(c.key == key for c in spec.checkpoints)
+            set_here = value is not None
+        else:
+            takes = key in spec.options
+            set_here = value != SETTINGS[key].default
+        if set_here and not takes:
+            owner = next(p.name for p in PIPELINES.values() if key in p.options or any(c.key == key for c in p.checkpoints))
+            raise ConfigError(f"{{{key}}} applies to {{pipeline}} {owner} only")
+    config.iv_mixed.check(config.inference_step)
+    if config.reference_compat and config.inference_step > REFERENCE_MAX_STEPS:
+        raise ConfigError(f"{{reference_compat}} supports at most {REFERENCE_MAX_STEPS} {{inference_step}} (the "
+                          f"published code's guidance tables have {REFERENCE_MAX_STEPS} entries), got {config.inference_step}")
+    _check_latent_size(config)
+    _check_runtime(config)
+    if config.lora_target != "image" and not spec.video_lora:
+        raise ConfigError(f"{{lora_target}} {config.lora_target}: the {spec.name} video model cannot take a LoRA "
+                          "(its UNet is not a Stable Diffusion 1.5 UNet); use {lora_target} image")
+
+
+def _check_latent_size(config: RunConfig) -> None:
+    elements = 4 * config.num_frames * (config.height // 8) * (config.width // 8)
+    if elements > MAX_LATENT_ELEMENTS:
+        raise ConfigError(
+            f"{config.num_frames} frames of {config.height}x{config.width} px are far more than any GPU can sample "
+            f"({elements:,} latent values); lower {{num_frames}}, {{height}} or {{width}}")
+
+
+def _check_runtime(config: RunConfig) -> None:
+    if config.offload != "none" and config.compile and config.offload == "sequential":
+        raise ConfigError("{compile} does not work with {offload} sequential; use {offload} model or none")
+    if config.device is not None:
+        import torch
+
+        try:
+            device = torch.device(config.device)
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"{{device}} {quote(config.device)} is not a torch device; use cpu, cuda, cuda:1, mps, ...") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"{{device}} {config.device} asked for CUDA, but torch sees no CUDA GPU; use {{device}} cpu "
+                              "(with {tiny} for a quick check) or install a CUDA build of torch")
+    if config.offload != "none":
+        import torch
+
+        if not torch.cuda.is_available() or (config.device is not None and not config.device.startswith("cuda")):
+            raise ConfigError(f"{{offload}} {config.offload} moves weights between the CPU and a CUDA GPU; "
+                              "without one, use {offload} none")
+
+
+def with_resolved_runtime(config: RunConfig) -> RunConfig:
+    """``config`` with ``device``, ``dtype`` and ``interval_end`` filled in, as a run records them."""
+    from .runtime import pick_device_and_dtype
+
+    device, dtype_name, _ = pick_device_and_dtype(config.device, config.dtype)
+    return replace(config, device=str(device), dtype=dtype_name,
+                   iv_mixed=config.iv_mixed.resolved(config.inference_step))
+
+
+def preset(config: RunConfig) -> Dict[str, Any]:
+    """The settings a ``configs/<pipeline>.yaml`` preset spells out: the pipeline, its checkpoints and its
+    generation defaults."""
+    keys = ("num_frames", "height", "width", "guidance_scale", "inference_step") + tuple(
+        k for k in IV_MIXED_KEYS if k != "interval_end") + config.spec.options
+    s = config.settings()
+    return {"pipeline": config.pipeline, **config.model_sources(), **{k: s[k] for k in keys}}
+
+
+def describe_tiny(layers: Layers, config: RunConfig) -> str:
+    sizes = f"{config.height}x{config.width} px, {config.num_frames} frames, {config.inference_step} steps"
+    over = f" (over the config file's {', '.join(layers.tiny_over_config)})" if layers.tiny_over_config else ""
+    return sizes + over
+
+
+__all__ = ["ConfigError", "RunConfig", "SETTINGS", "Setting", "build_config", "build_config_with_layers", "check",
+           "load_yaml_config", "with_resolved_runtime", "IV_MIXED_KEYS", "TINY_SIZES"]

@@ -42,12 +42,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import CLIPTextModel
 
+from .lora_paths import DEFAULT_SCALE as DEFAULT_ALPHA  # both routes merge at the same default strength
+from .lora_paths import resolve_lora
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_ALPHA = 0.75  # the reference's merge ratio; also the default strength of direct loading, so both routes agree
 UNET_PREFIX = "lora_unet"
 TEXT_ENCODER_PREFIX = "lora_te"
-DEFAULT_LORA_DIR = "lora"
 TARGETS = ("image", "video", "both")
 
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
@@ -207,46 +208,6 @@ def convert_lora(
     return report
 
 
-def _is_converted(folder: str) -> bool:
-    return os.path.isfile(os.path.join(folder, "unet", "config.json"))
-
-
-def resolve_lora(spec: str, lora_dir: str = DEFAULT_LORA_DIR) -> Tuple[str, str]:
-    """Find what ``--lora`` names: ``("file", path)`` for a ``.safetensors`` file, ``("folder", path)`` for a
-    converted folder.
-
-    ``spec`` is a path to either, or a name under ``lora_dir``: ``amechass`` means ``lora_dir/amechass/`` (a
-    converted folder, as the reference tool had it) or else ``lora_dir/amechass.safetensors``.
-    """
-    named_folder = os.path.join(lora_dir, spec)
-    named_file = os.path.join(lora_dir, spec + ".safetensors")
-    if os.path.isfile(spec):
-        if not spec.endswith(".safetensors"):
-            raise ValueError(f"LoRA file {spec} is not a .safetensors file (kohya/Civitai format expected)")
-        return "file", spec
-    for folder in (spec, named_folder):
-        if os.path.isdir(folder):
-            if not _is_converted(folder):
-                raise ValueError(
-                    f"{folder} is not a converted LoRA folder (no unet/config.json); "
-                    "make one with lora/convert_lora_safetensor_to_diffusers.py"
-                )
-            return "folder", folder
-    if os.path.isfile(named_file):
-        return "file", named_file
-    if spec.endswith(".safetensors"):
-        raise FileNotFoundError(f"LoRA file not found: {spec}")
-    available = sorted(
-        entry[: -len(".safetensors")] if entry.endswith(".safetensors") else entry
-        for entry in (os.listdir(lora_dir) if os.path.isdir(lora_dir) else [])
-        if entry.endswith(".safetensors") or _is_converted(os.path.join(lora_dir, entry))
-    )
-    raise FileNotFoundError(
-        f"LoRA {spec!r} not found: no such file or folder, nor {named_folder}/ or {named_file}; "
-        f"available in {lora_dir}/: {', '.join(available) or 'none'}"
-    )
-
-
 def _replace_image_model(pipe, folder: str) -> None:
     """Swap in the converted folder's UNet (and text encoder, where the image model has its own)."""
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", dtype=pipe.image_unet.dtype)
@@ -262,7 +223,7 @@ def apply_lora_to_pipeline(
     spec: str,
     scale: Optional[float] = None,
     target: str = "image",
-    lora_dir: str = DEFAULT_LORA_DIR,
+    lora_dirs=None,
 ) -> Dict[str, object]:
     """Apply the LoRA ``spec`` names (see :func:`resolve_lora`) to an IV-mixed pipeline, fused into its weights.
 
@@ -276,7 +237,7 @@ def apply_lora_to_pipeline(
         raise ValueError(f"LoRA target must be one of {', '.join(TARGETS)}, not {target!r}")
     if target in ("image", "both") and getattr(pipe, "image_unet", None) is None:
         raise ValueError("the pipeline has no image model (image_unet) to apply the LoRA to; use --lora-target video")
-    kind, path = resolve_lora(spec, lora_dir)
+    kind, path = resolve_lora(spec, lora_dirs)
     name = os.path.basename(os.path.normpath(path)).removesuffix(".safetensors")
     record = {"name": name, "path": path, "kind": kind, "scale": scale, "target": target}
     if kind == "folder":

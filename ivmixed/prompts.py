@@ -1,4 +1,4 @@
-"""Prompt lists: one ``--prompt`` or a ``--prompt-file`` (.txt, .csv, .jsonl) turned into generation jobs."""
+"""Prompt lists: one prompt or a prompt file (.txt, .csv, .jsonl) turned into generation jobs."""
 
 from __future__ import annotations
 
@@ -10,21 +10,24 @@ from dataclasses import dataclass
 from hashlib import sha1
 from typing import List, Optional
 
-from .config import ConfigError
+from .errors import SettingError, quote
 
 PROMPT_FILE_TYPES = (".txt", ".csv", ".jsonl")
+SEED_LIMIT = 2**64
 
 
 @dataclass(frozen=True)
 class Job:
-    """One prompt to generate; ``stem`` names its files and identifies it in the manifest."""
+    """One prompt to generate. ``where`` says where it was read (``file:line``) for messages."""
 
     prompt: str
     seed: int
     negative_prompt: Optional[str] = None
     id: Optional[str] = None
+    where: Optional[str] = None
 
-    def stem(self, pipeline: str) -> str:
+    def prefix(self, pipeline: str) -> str:
+        """The readable start of its file names: ``<id or prompt slug>_<seed>_<pipeline>``."""
         return f"{slugify(self.id) if self.id else slugify(self.prompt)}_{self.seed}_{pipeline}"
 
 
@@ -37,63 +40,96 @@ def slugify(text: str, limit: int = 80) -> str:
     return f"{slug[:limit].rstrip('-')}-{digest}" if slug else f"prompt-{digest}"
 
 
+def parse_seed(raw, where: str) -> int:
+    """A seed from a prompt file or a flag: a whole number in [0, 2**64); ``1.9``, ``true`` or ``"7x"`` are refused."""
+    if isinstance(raw, bool) or isinstance(raw, float):
+        raise SettingError(f"{where}: seed must be a whole number, got {quote(raw)}")
+    if isinstance(raw, str):
+        if not re.fullmatch(r"\s*\d+\s*", raw):
+            raise SettingError(f"{where}: seed must be a whole number, got {quote(raw)}")
+        raw = int(raw)
+    if not isinstance(raw, int):
+        raise SettingError(f"{where}: seed must be a whole number, got {quote(raw)}")
+    if not 0 <= raw < SEED_LIMIT:
+        raise SettingError(f"{where}: seed must be from 0 to 2**64 - 1, got {raw}")
+    return raw
+
+
+def _text_field(row: dict, key: str, where: str) -> Optional[str]:
+    value = row.get(key)
+    if value in (None, ""):
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "id":
+        return str(value)
+    if not isinstance(value, str):
+        raise SettingError(f"{where}: {key} must be text, got {quote(value)}")
+    return value
+
+
 def _row_to_job(row: dict, where: str, seed: int, negative_prompt: Optional[str]) -> Job:
     prompt = row.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ConfigError(f"{where}: missing or empty 'prompt'")
+        raise SettingError(f"{where}: missing or empty 'prompt'")
     raw_seed = row.get("seed")
     if raw_seed not in (None, ""):
-        try:
-            seed = int(raw_seed)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: seed must be an integer, got {raw_seed!r}") from None
-    negative = row.get("negative_prompt") or negative_prompt
-    job_id = row.get("id")
-    return Job(prompt.strip(), seed, negative, str(job_id) if job_id not in (None, "") else None)
+        seed = parse_seed(raw_seed, where)
+    negative = _text_field(row, "negative_prompt", where) or negative_prompt
+    return Job(prompt.strip(), seed, negative, _text_field(row, "id", where), where)
+
+
+def _read_rows(path: str, ext: str):
+    # utf-8-sig: spreadsheet programs save UTF-8 with a byte-order mark
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        if ext == ".txt":
+            return [(f"{path}:{n}", {"prompt": line.strip()}) for n, line in enumerate(f, 1)
+                    if line.strip() and not line.lstrip().startswith("#")]
+        if ext == ".csv":
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "prompt" not in reader.fieldnames:
+                raise SettingError(f"prompt file {path} needs a header row with a 'prompt' column")
+            return [(f"{path}:{reader.line_num}", row) for row in reader]
+        rows = []
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise SettingError(f"{path}:{n}: not a JSON object") from None
+            if not isinstance(row, dict):
+                raise SettingError(f"{path}:{n}: not a JSON object")
+            rows.append((f"{path}:{n}", row))
+        return rows
 
 
 def read_prompt_file(path: str, seed: int, negative_prompt: Optional[str] = None) -> List[Job]:
-    """Jobs from a prompt file; ``seed`` and ``negative_prompt`` apply where a row gives none."""
+    """Jobs from a prompt file; ``seed`` and ``negative_prompt`` apply where a row gives none.
+
+    Ids must be unique, ignoring letter case (they name files): a repeat is refused with its line.
+    """
     ext = os.path.splitext(path)[1].lower()
     if ext not in PROMPT_FILE_TYPES:
-        raise ConfigError(f"prompt file {path} must end in {', '.join(PROMPT_FILE_TYPES)}")
+        raise SettingError(f"prompt file {path} must end in {', '.join(PROMPT_FILE_TYPES)}")
     try:
-        with open(path, encoding="utf-8", newline="") as f:
-            if ext == ".txt":
-                rows = [(f"{path}:{n}", {"prompt": line.strip()}) for n, line in enumerate(f, 1)
-                        if line.strip() and not line.lstrip().startswith("#")]
-            elif ext == ".csv":
-                reader = csv.DictReader(f)
-                if not reader.fieldnames or "prompt" not in reader.fieldnames:
-                    raise ConfigError(f"prompt file {path} needs a header row with a 'prompt' column")
-                rows = [(f"{path}:{n}", row) for n, row in enumerate(reader, 2)]
-            else:
-                rows = []
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        raise ConfigError(f"{path}:{n}: not a JSON object") from None
-                    if not isinstance(row, dict):
-                        raise ConfigError(f"{path}:{n}: not a JSON object")
-                    rows.append((f"{path}:{n}", row))
+        rows = _read_rows(path, ext)
     except FileNotFoundError:
-        raise ConfigError(f"prompt file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read prompt file {path}: {exc}") from None
+        raise SettingError(f"prompt file not found: {path}") from None
+    except IsADirectoryError:
+        raise SettingError(f"prompt file {path} is a folder; give a file") from None
+    except UnicodeDecodeError:
+        raise SettingError(f"cannot read prompt file {path}: it is not UTF-8 text; save it as UTF-8") from None
+    except OSError as exc:
+        raise SettingError(f"cannot read prompt file {path}: {exc.strerror or exc}") from None
     jobs = [_row_to_job(row, where, seed, negative_prompt) for where, row in rows]
     if not jobs:
-        raise ConfigError(f"prompt file {path} holds no prompts")
-    return jobs
-
-
-def unique_jobs(jobs: List[Job], pipeline: str) -> List[Job]:
-    """Drop repeats of the same file stem (same prompt or id, same seed): each video is made once."""
-    seen, out = set(), []
+        raise SettingError(f"prompt file {path} holds no prompts")
+    seen = {}
     for job in jobs:
-        if job.stem(pipeline) not in seen:
-            seen.add(job.stem(pipeline))
-            out.append(job)
-    return out
+        if job.id is None:
+            continue
+        key = job.id.lower()
+        if key in seen:
+            raise SettingError(f"{job.where}: id {quote(job.id)} repeats the id of {seen[key]} (ids name files, "
+                               "so they must be unique, ignoring case); give this row another id")
+        seen[key] = job.where
+    return jobs

@@ -59,7 +59,7 @@ def write_run(folder, entries, lines_before=()):
     with open(os.path.join(folder, ev.MANIFEST_NAME), "w") as f:
         f.writelines(lines_before)
         for entry in entries:
-            f.write(json.dumps(entry) + "\n\n")
+            f.write(json.dumps({"fingerprint": entry["id"], **entry}) + "\n\n")
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +94,10 @@ def test_identical_frames_are_fully_consistent(clip):
 
 
 def test_read_manifest_last_line_wins_and_checks_fields(tmp_path):
-    stale = json.dumps({"id": "a", "prompt": "old", "seed": 1, "files": {"iv_mix": "x.mp4"}}) + "\n"
+    stale = json.dumps({"id": "a", "fingerprint": "a", "prompt": "old", "seed": 1, "files": {"iv_mix": "x.mp4"}}) + "\n"
     write_run(str(tmp_path), [{"id": "a", "prompt": "new", "seed": 2, "files": {"iv_mix": "a.gif"}, "extra": [1]}], [stale])
     assert [(e["id"], e["prompt"]) for e in ev.read_manifest(str(tmp_path))] == [("a", "new")]
-    (tmp_path / ev.MANIFEST_NAME).write_text('{"id": "a", "prompt": "p", "files": {}}\n')
+    (tmp_path / ev.MANIFEST_NAME).write_text('{"id": "a", "fingerprint": "a", "prompt": "p", "files": {}}\n')
     with pytest.raises(ev.UsageError, match="'a'.*lacks"):
         ev.read_manifest(str(tmp_path))
     (tmp_path / ev.MANIFEST_NAME).write_text("\n  \nnot json\n")

@@ -248,20 +248,20 @@ def test_resolve_lora(tmp_path, converted, lora_file):
     (lora_dir / "empty").mkdir()
     (lora_dir / "notes.txt").write_text("")
     lora_dir = str(lora_dir)
-    assert resolve_lora("amechass", lora_dir) == ("folder", os.path.join(lora_dir, "amechass"))
-    assert resolve_lora("beauty", lora_dir) == ("file", os.path.join(lora_dir, "beauty.safetensors"))
-    assert resolve_lora(converted, lora_dir) == ("folder", converted)
-    assert resolve_lora(lora_file, lora_dir) == ("file", lora_file)
-    with pytest.raises(FileNotFoundError, match="available in .*: amechass, beauty$"):
-        resolve_lora("nope", lora_dir)
+    assert resolve_lora("amechass", [lora_dir]) == ("folder", os.path.join(lora_dir, "amechass"))
+    assert resolve_lora("beauty", [lora_dir]) == ("file", os.path.join(lora_dir, "beauty.safetensors"))
+    assert resolve_lora(converted, [lora_dir]) == ("folder", converted)
+    assert resolve_lora(lora_file, [lora_dir]) == ("file", lora_file)
+    with pytest.raises(FileNotFoundError, match="available: amechass, beauty$"):
+        resolve_lora("nope", [lora_dir])
     with pytest.raises(FileNotFoundError, match="LoRA file not found"):
-        resolve_lora("missing.safetensors", lora_dir)
+        resolve_lora("missing.safetensors", [lora_dir])
     with pytest.raises(ValueError, match="not a converted LoRA folder"):
-        resolve_lora("empty", lora_dir)
+        resolve_lora("empty", [lora_dir])
     with pytest.raises(ValueError, match="not a .safetensors file"):
-        resolve_lora(os.path.join(lora_dir, "notes.txt"), lora_dir)
+        resolve_lora(os.path.join(lora_dir, "notes.txt"), [lora_dir])
     with pytest.raises(ValueError, match="target must be one of"):
-        apply_lora_to_pipeline(None, "amechass", target="audio", lora_dir=lora_dir)
+        apply_lora_to_pipeline(None, "amechass", target="audio", lora_dirs=[lora_dir])
 
 
 def test_script_end_to_end(tmp_path, base, lora_file, lora_sd):
@@ -304,7 +304,7 @@ def test_generation_with_direct_file_equals_converted_folder(animatediff_paths, 
 
 
 def test_cli_records_the_lora(tmp_path, lora_file):
-    import json
+    from runs import only_record
 
     from ivmixed.cli import main
 
@@ -312,6 +312,6 @@ def test_cli_records_the_lora(tmp_path, lora_file):
     code = main(["--tiny", "--prompt", "a cat", "--inference-step", "2", "--num-frames", "2", "--no-standard",
                  "--lora", lora_file, "--lora-scale", "0.5", "--output-dir", str(out)])
     assert code == 0
-    record = json.loads((out / "a-cat_23523_Animatediff.json").read_text())
+    record = only_record(out)
     assert record["lora"]["path"] == lora_file and record["lora"]["scale"] == 0.5
     assert record["lora"]["kind"] == "file" and record["lora"]["merged_layers"] == len(layers_of("unet"))

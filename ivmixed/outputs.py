@@ -1,0 +1,111 @@
+"""What a job's outputs are called, and the fingerprints that make a name mean one configuration.
+
+A fingerprint is a hash of everything that changes a video's frames (and its file's frame rate). File names
+keep a readable prefix, ``<prompt slug or id>_<seed>_<pipeline>``, then a short fingerprint: two
+configurations never share a file name, so nothing made with other settings, models or prompts is ever replaced
+or passed off as finished. The standard video's fingerprint leaves out the IV-mixed settings, so runs that differ
+only in those share one standard video.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional
+
+from .config import RunConfig
+from .prompts import Job
+
+SHORT = 10  # hex digits of the fingerprint in file names
+TINY_MODELS = "tiny-random-v1"  # the --tiny models' identity; change it when their builders change
+
+
+def file_digest(path: str) -> str:
+    """SHA-256 of a file's content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def lora_identity(config: RunConfig) -> Optional[Dict[str, Any]]:
+    """The LoRA as it changes frames: a file's content hash (or a converted folder's path), scale and target."""
+    if not config.lora:
+        return None
+    from .lora_paths import DEFAULT_SCALE, resolve_lora
+
+    kind, path = resolve_lora(config.lora)
+    if kind == "file":
+        scale = DEFAULT_SCALE if config.lora_scale is None else config.lora_scale
+        return {"sha256": file_digest(path), "scale": scale, "target": config.lora_target}
+    return {"folder": os.path.abspath(path), "target": config.lora_target}
+
+
+def model_identity(config: RunConfig) -> Dict[str, str]:
+    if config.tiny:
+        return {"tiny": TINY_MODELS}
+    return {key: (os.path.abspath(os.path.expanduser(source)) if os.path.isdir(os.path.expanduser(source)) else source)
+            for key, source in config.model_sources().items()}
+
+
+def identities(config: RunConfig, job: Job, lora: Optional[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """What the standard and the IV-mixed video of ``job`` are made from (``config`` resolved: dtype set)."""
+    standard = {
+        "prompt": job.prompt,
+        "negative_prompt": job.negative_prompt,
+        "seed": job.seed,
+        "pipeline": config.pipeline,
+        "models": model_identity(config),
+        "lora": lora,
+        "num_frames": config.num_frames,
+        "height": config.height,
+        "width": config.width,
+        "inference_step": config.inference_step,
+        "guidance_scale": config.guidance_scale,
+        "dtype": config.dtype,
+        "scheduler": config.spec.scheduler,
+        "fps": config.fps,
+        **{key: getattr(config, key) for key in config.spec.standard_options},
+    }
+    iv_mixed = {**standard, "iv_mixed": asdict(config.iv_mixed.resolved(config.inference_step)),
+                "reference_compat": config.reference_compat}
+    return {"standard": standard, "iv_mix": iv_mixed}
+
+
+def fingerprint(identity: Dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class OutputSet:
+    """The files of one job under one configuration. ``fingerprint`` identifies the set (the IV-mixed video's
+    identity); ``files`` maps each wanted kind (``iv_mix``, ``standard``, ``side_by_side``, ``contact_sheet``,
+    ``record``) to its file name in the output folder."""
+
+    job: Job
+    fingerprint: str
+    standard_fingerprint: str
+    files: Dict[str, str]
+    identity: Dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return self.files["record"][: -len(".json")]
+
+
+def output_set(config: RunConfig, job: Job, lora: Optional[Dict[str, Any]]) -> OutputSet:
+    ids = identities(config, job, lora)
+    full, standard = fingerprint(ids["iv_mix"]), fingerprint(ids["standard"])
+    prefix, fmt = job.prefix(config.pipeline), config.format
+    stem = f"{prefix}_{full[:SHORT]}"
+    files = {"iv_mix": f"{stem}_iv_mix.{fmt}"}
+    if not config.no_standard:
+        files["standard"] = f"{prefix}_{standard[:SHORT]}_standard.{fmt}"
+    if config.side_by_side:
+        files["side_by_side"] = f"{stem}_side_by_side.{fmt}"
+        files["contact_sheet"] = f"{stem}_frames.png"
+    files["record"] = f"{stem}.json"
+    return OutputSet(job, full, standard, files, ids["iv_mix"])

@@ -1,0 +1,407 @@
+"""From a checked :class:`~ivmixed.config.RunConfig` to finished files: jobs, resume, processes, writing, records.
+
+Resume: a job is finished when ``manifest.jsonl`` holds a record with its fingerprint and every file it wants
+(for this run's format, ``no_standard`` and ``side_by_side``) is on disk. What is missing is made; finished files
+are kept (``overwrite`` makes this configuration's files again). Files of other configurations are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from .config import RunConfig, with_resolved_runtime
+from .errors import SettingError
+from .manifest import Manifest
+from .outputs import OutputSet, lora_identity, output_set
+from .prompts import Job, read_prompt_file
+from .sampler import count_network_calls
+
+logger = logging.getLogger("ivmixed")
+
+VIDEO_KINDS = ("iv_mix", "standard")
+# step observer: (video kind, step index, total steps)
+StepObserver = Callable[[str, int, int], None]
+
+
+class RunStopped(KeyboardInterrupt):
+    """A run was asked to stop (Ctrl-C, a signal, a stop button); files already complete are kept."""
+
+    def __init__(self, message: str = "interrupted", signum: Optional[int] = None):
+        super().__init__(message)
+        self.signum = signum
+
+
+@dataclass
+class Todo:
+    """One job's output set and which of its files this run makes."""
+
+    outputs: OutputSet
+    make: List[str]
+
+
+@dataclass
+class Plan:
+    jobs: List[Job]
+    todo: List[Todo]
+    finished: int
+    repeats: int = 0
+
+
+@dataclass
+class RunReport:
+    """What a run did: the records of the output sets it finished, and how many it found finished already."""
+
+    made: List[Dict[str, Any]] = field(default_factory=list)
+    skipped: int = 0
+    planned: int = 0
+
+
+def plan_jobs(config: RunConfig) -> List[Job]:
+    """Every prompt of this run, in order."""
+    if config.prompt_file:
+        return read_prompt_file(config.prompt_file, config.seed, config.negative_prompt)
+    return [Job(config.prompt.strip(), config.seed, config.negative_prompt)]
+
+
+def package_versions() -> Dict[str, str]:
+    from . import __version__
+
+    out = {"ivmixed": __version__}
+    for name in ("torch", "diffusers", "transformers", "accelerate", "peft"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def process_state(config: RunConfig):
+    """accelerate's process state when launched by ``accelerate launch`` or ``torchrun``, else ``None``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=config.device == "cpu" or not torch.cuda.is_available())
+
+
+@dataclass
+class LoadedPipeline:
+    """A pipeline placed on its device with its options applied, and what the record says about it."""
+
+    pipe: Any
+    info: Dict[str, Any]
+
+
+class PipelineCache:
+    """Loaded pipelines by what they were loaded from, so a long-lived caller (the web app) loads each once."""
+
+    def __init__(self, size: int = 1):
+        self.size = size
+        self._items: Dict[tuple, LoadedPipeline] = {}
+
+    @staticmethod
+    def key(config: RunConfig) -> tuple:
+        return (config.pipeline, config.tiny, tuple(sorted(config.model_sources().items())), config.dtype,
+                config.device, config.lora, config.lora_scale, config.lora_target, config.offload, config.compile,
+                config.channels_last, config.vae_slicing, config.vae_tiling)
+
+    def get(self, config: RunConfig) -> LoadedPipeline:
+        key = self.key(config)
+        if key not in self._items:
+            while len(self._items) >= self.size:
+                self._items.pop(next(iter(self._items)))
+            self._items[key] = load_pipeline(config)
+        return self._items[key]
+
+
+def load_pipeline(config: RunConfig) -> LoadedPipeline:
+    """Load ``config``'s pipeline (random tiny models with ``tiny``), place it and apply LoRA and speed options."""
+    from .performance import apply_performance_options
+    from .runtime import quiet_libraries, set_cpu_threads, torch_dtype
+
+    quiet_libraries()
+    spec = config.spec
+    t0 = time.perf_counter()
+    threads = set_cpu_threads(config.device, config.tiny)
+    with tempfile.TemporaryDirectory(prefix="ivmixed-tiny-") as tiny_root:
+        if config.tiny:
+            from .testing import save_tiny_checkpoints
+
+            sources = save_tiny_checkpoints(tiny_root, spec.name)
+        else:
+            sources = config.model_sources()
+        pipe = spec.pipeline_class().from_checkpoints(**sources, dtype=torch_dtype(config.dtype))
+    lora_record = None
+    if config.lora:
+        from .lora import apply_lora_to_pipeline
+
+        lora_record = apply_lora_to_pipeline(pipe, config.lora, config.lora_scale, config.lora_target)
+    performance = apply_performance_options(
+        pipe, device=config.device, offload=config.offload, compile=config.compile,
+        channels_last=config.channels_last, vae_slicing=config.vae_slicing, vae_tiling=config.vae_tiling,
+    )
+    info = {
+        "models": {k: ("tiny-random" if config.tiny else v) for k, v in config.model_sources().items()},
+        "lora": lora_record,
+        "load_s": round(time.perf_counter() - t0, 3),
+        "cpu_threads": threads,
+        "performance": performance,
+        "scheduler": {"class": type(pipe.scheduler).__name__, "config": dict(pipe.scheduler.config)},
+        "versions": package_versions(),
+    }
+    return LoadedPipeline(pipe, info)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+class Runner:
+    """Makes the unfinished outputs of a configuration's jobs, appending each finished set to the manifest.
+
+    ``pipelines`` lets a caller keep loaded pipelines between runs; ``on_step`` observes sampling progress and
+    ``should_stop`` is polled at every step (returning true stops the run with :class:`RunStopped`, writing
+    nothing for the job in progress). ``command_line`` goes into the records.
+    """
+
+    def __init__(self, config: RunConfig, *, pipelines: Optional[PipelineCache] = None,
+                 on_step: Optional[StepObserver] = None, should_stop: Optional[Callable[[], bool]] = None,
+                 command_line: Optional[Sequence[str]] = None, progress_bars: bool = True):
+        self.config = with_resolved_runtime(config)
+        self.pipelines = pipelines or PipelineCache()
+        self.on_step = on_step
+        self.should_stop = should_stop
+        self.command_line = list(command_line) if command_line is not None else None
+        self.progress_bars = progress_bars
+        self.manifest = Manifest(self.config.output_dir)
+        self.report = RunReport()
+
+    # -- planning ------------------------------------------------------------------------------------------
+
+    def plan(self, jobs: Optional[List[Job]] = None) -> Plan:
+        """Which jobs are finished and which files the others need; reads the manifest, loads no model."""
+        config = self.config
+        jobs = plan_jobs(config) if jobs is None else jobs
+        try:
+            lora = lora_identity(config)
+        except (OSError, ValueError) as exc:
+            raise SettingError(f"{{lora}}: {exc}") from None
+        done = self.manifest.records()
+        todo, finished, seen = [], 0, set()
+        for job in jobs:
+            outputs = output_set(config, job, lora)
+            if outputs.fingerprint in seen:
+                continue
+            seen.add(outputs.fingerprint)
+            make = self._missing(outputs, done.get(outputs.fingerprint))
+            if make:
+                todo.append(Todo(outputs, make))
+            else:
+                finished += 1
+        return Plan(jobs, todo, finished, len(jobs) - len(seen))
+
+    def _missing(self, outputs: OutputSet, record: Optional[dict]) -> List[str]:
+        wanted = [kind for kind in outputs.files if kind != "record"]
+        if self.config.overwrite:
+            return wanted
+        on_disk = {kind for kind, name in outputs.files.items()
+                   if os.path.isfile(os.path.join(self.config.output_dir, name))}
+        if record is not None and all(kind in on_disk for kind in outputs.files):
+            if all(record["files"].get(kind) == name for kind, name in outputs.files.items()):
+                return []
+        return [kind for kind in wanted if kind not in on_disk]
+
+    # -- running -------------------------------------------------------------------------------------------
+
+    def run(self, jobs: Optional[List[Job]] = None) -> RunReport:
+        """Make every unfinished job of this process's share (see :func:`process_state`)."""
+        config = self.config
+        os.makedirs(config.output_dir, exist_ok=True)
+        plan = self.plan(jobs)
+        state = process_state(config)
+        is_main = state is None or state.is_main_process
+        self.report = RunReport(skipped=plan.finished, planned=len(plan.todo) + plan.finished)
+        if is_main:
+            self._log_plan(plan)
+        mine = plan.todo
+        if state is not None:
+            state.wait_for_everyone()  # everyone has read the manifest before anyone appends to it
+            mine = plan.todo[state.process_index::state.num_processes]
+        if mine:
+            loaded = self.pipelines.get(config)
+            show_overall = is_main and len(mine) > 1 and self.progress_bars
+            loaded.pipe.set_progress_bar_config(position=1 if show_overall else 0, leave=not show_overall,
+                                                disable=not (is_main and self.progress_bars))
+            from tqdm.auto import tqdm
+
+            for item in tqdm(mine, desc="prompts", position=0, disable=not show_overall, unit="prompt"):
+                self.report.made.append(self.make(loaded, item))
+        if state is not None:
+            state.wait_for_everyone()
+        return self.report
+
+    def _log_plan(self, plan: Plan) -> None:
+        total = len(plan.todo) + plan.finished
+        if plan.repeats:
+            logger.info("%d prompt(s) repeat an earlier one with the same seed: made once", plan.repeats)
+        if total > 1 or plan.finished:
+            logger.info("%d prompt(s): %d already finished in %s%s, %d to make", total, plan.finished,
+                        self.config.output_dir, " (--overwrite makes them again)" if plan.finished else "",
+                        len(plan.todo))
+
+    def _generate(self, pipe, job: Job, kind: str):
+        """One video; the generator is seeded afresh so both videos of a job share their initial noise."""
+        import torch
+
+        config = self.config
+        total = config.inference_step
+
+        def step_end(pipeline, i, t, tensors):
+            if self.on_step is not None:
+                self.on_step(kind, i + 1, total)
+            if self.should_stop is not None and self.should_stop():
+                pipeline._interrupt = True
+            return {}
+
+        kwargs = dict(
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt,
+            num_frames=config.num_frames,
+            height=config.height,
+            width=config.width,
+            num_inference_steps=config.inference_step,
+            guidance_scale=config.guidance_scale,
+            generator=torch.Generator("cpu").manual_seed(job.seed),
+            output_type="np",
+            iv_mixed=kind == "iv_mix",
+            image_batch_size=config.image_batch_size,
+            callback_on_step_end=step_end,
+        )
+        if config.reference_compat:
+            kwargs["reference_compat"] = True
+        if kind == "iv_mix":
+            kwargs.update(vars(config.iv_mixed))
+        if "fps_condition" in config.spec.options:
+            kwargs["fps"] = config.fps_condition
+        out = pipe(**kwargs)
+        if getattr(pipe, "interrupt", False):
+            raise RunStopped("stopped")
+        return out
+
+    def make(self, loaded: LoadedPipeline, item: Todo) -> Dict[str, Any]:
+        """Make one job's missing files, write its record and append it to the manifest; returns the record."""
+        from .export import read_video, write_image, write_json, write_video
+
+        config, outputs, folder = self.config, item.outputs, self.config.output_dir
+        job, files = outputs.job, outputs.files
+        frames: Dict[str, Any] = {}
+        calls: Dict[str, Dict[str, int]] = {}
+        timings: Dict[str, float] = {}
+        for kind in VIDEO_KINDS:
+            if kind not in item.make:
+                continue
+            t0 = time.perf_counter()
+            out = self._generate(loaded.pipe, job, kind)
+            timings[f"{kind}_s"] = round(time.perf_counter() - t0, 3)
+            calls[kind], frames[kind] = dict(out.network_calls), out.frames[0]
+            if os.path.exists(os.path.join(folder, files[kind])):
+                logger.warning("replacing %s (--overwrite)", files[kind])
+            write_video(frames[kind], os.path.join(folder, files[kind]), config.fps)
+            logger.info("wrote %s (%s)", files[kind], ", ".join(f"{k} calls: {v}" for k, v in calls[kind].items()))
+        if "side_by_side" in item.make or "contact_sheet" in item.make:
+            from .compare import contact_sheet, side_by_side
+
+            for kind in VIDEO_KINDS:
+                if kind not in frames:
+                    frames[kind] = read_video(os.path.join(folder, files[kind]))
+            if "side_by_side" in item.make:
+                write_video(side_by_side(frames["standard"], frames["iv_mix"]),
+                            os.path.join(folder, files["side_by_side"]), config.fps)
+                logger.info("wrote %s", files["side_by_side"])
+            if "contact_sheet" in item.make:
+                caption = contact_caption(config, job)
+                write_image(contact_sheet(frames["standard"], frames["iv_mix"], caption=caption),
+                            os.path.join(folder, files["contact_sheet"]))
+                logger.info("wrote %s", files["contact_sheet"])
+        record = self._record(loaded, outputs, calls, timings)
+        write_json(record, os.path.join(folder, files["record"]))
+        logger.info("wrote %s", files["record"])
+        self.manifest.append(manifest_entry(record))
+        return record
+
+    def _record(self, loaded: LoadedPipeline, outputs: OutputSet, calls, timings) -> Dict[str, Any]:
+        config, job = self.config, outputs.job
+        previous = self._previous_record(outputs)
+        expected = {"iv_mix": count_network_calls(config.inference_step, config.iv_mixed)}
+        if "standard" in outputs.files:
+            expected["standard"] = count_network_calls(config.inference_step, None)
+            if "standard" not in calls:  # made by an earlier run (shared by every IV-mixed setting)
+                calls["standard"] = (previous or {}).get("network_calls", {}).get("standard", expected["standard"])
+        if "iv_mix" not in calls and previous is not None:
+            calls["iv_mix"] = previous.get("network_calls", {}).get("iv_mix", expected["iv_mix"])
+        for kind in VIDEO_KINDS:
+            if f"{kind}_s" not in timings and previous and f"{kind}_s" in previous.get("timings", {}):
+                timings[f"{kind}_s"] = previous["timings"][f"{kind}_s"]
+        settings = config.settings()
+        for key in ("prompt", "prompt_file", "negative_prompt", "seed"):
+            settings.pop(key)
+        return _jsonable({
+            "id": job.id or job.prefix(config.pipeline),
+            "fingerprint": outputs.fingerprint,
+            "standard_fingerprint": outputs.standard_fingerprint,
+            "prompt": job.prompt,
+            "negative_prompt": job.negative_prompt,
+            "seed": job.seed,
+            "pipeline": config.pipeline,
+            "files": outputs.files,
+            "settings": settings,
+            "command_line": self.command_line,
+            **loaded.info,
+            "device": config.device,
+            "dtype": config.dtype,
+            "network_calls": calls,
+            "expected_network_calls": expected,
+            "timings": timings,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+
+    def _previous_record(self, outputs: OutputSet) -> Optional[Dict[str, Any]]:
+        """The newest record that lists this set's standard video (for its measured calls and time)."""
+        name = outputs.files.get("standard")
+        for record in reversed(list(self.manifest.records().values())):
+            if record["fingerprint"] == outputs.fingerprint or (name and record["files"].get("standard") == name):
+                return record
+        return None
+
+
+def manifest_entry(record: Dict[str, Any]) -> Dict[str, Any]:
+    """The manifest's line for a record: enough to resume and to evaluate without opening the record."""
+    keys = ("id", "fingerprint", "standard_fingerprint", "prompt", "negative_prompt", "seed", "pipeline", "files",
+            "network_calls", "finished_at")
+    return {k: record[k] for k in keys}
+
+
+def contact_caption(config: RunConfig, job: Job) -> str:
+    iv = config.iv_mixed.resolved(config.inference_step)
+    return (f"{job.prompt} | seed {job.seed} | {config.pipeline}, {config.inference_step} steps, guidance "
+            f"{config.guidance_scale:g} | IV-mixed: interval {iv.interval_begin}-{iv.interval_end}, zz {iv.zz}, "
+            f"image w {iv.i_sigma_begin:g}->{iv.i_sigma_end:g}, video w {iv.v_sigma_begin:g}->{iv.v_sigma_end:g}, "
+            f"rho {iv.rho:g}" + (", reference-compat" if config.reference_compat else ""))
+
+
+__all__ = ["LoadedPipeline", "PipelineCache", "Plan", "RunReport", "RunStopped", "Runner", "Todo", "load_pipeline",
+           "plan_jobs"]

@@ -1,0 +1,38 @@
+"""Reading what a run wrote, for the tests: the manifest's lines and the records they point to."""
+
+import json
+import os
+
+
+def manifest_lines(folder):
+    with open(os.path.join(folder, "manifest.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def records(folder):
+    """The JSON records the manifest points to, in manifest order."""
+    out = []
+    for line in manifest_lines(folder):
+        with open(os.path.join(folder, line["files"]["record"]), encoding="utf-8") as f:
+            out.append(json.load(f))
+    return out
+
+
+def only_record(folder):
+    (record,) = records(folder)
+    return record
+
+
+def files_of(folder):
+    """Every visible file in ``folder``, sorted."""
+    return sorted(name for name in os.listdir(folder) if not name.startswith("."))
+
+
+def snapshot(folder):
+    """name -> (size, content bytes) of every file except the manifest, to prove files were left alone."""
+    out = {}
+    for name in files_of(folder):
+        if name != "manifest.jsonl":
+            with open(os.path.join(folder, name), "rb") as f:
+                out[name] = f.read()
+    return out
