@@ -2,8 +2,8 @@
 
 Layers, lowest first: built-in defaults (the fields below and :class:`~ivmixed.sampler.IVMixedSettings`), the
 pipeline's preset (:mod:`ivmixed.registry`), a YAML file, ``tiny`` sizes, then values given explicitly (the
-command line's flags). ``tiny`` sizes win over the YAML file's so that a tiny run is always a quick check;
-explicit values win over everything.
+command line's flags). ``tiny`` sizes win over a YAML file's (a full-size preset) so that a tiny run is always a
+quick check, unless the file itself asks for ``tiny``; explicit values win over everything.
 
 Every setting has one owner: its field here (or in ``IVMixedSettings``) holds its default, its help text and its
 check. YAML keys and flags derive from the field names.
@@ -18,6 +18,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from .errors import SettingError, quote
+from .loading import looks_like_path
 from .registry import CHECKPOINT_KEYS, PIPELINES, PipelineSpec, find_pipeline
 from .sampler import IVMixedSettings
 
@@ -276,11 +277,16 @@ def build_config_with_layers(given: Optional[Mapping[str, Any]] = None,
     tiny = bool(given.get("tiny", config_file.get("tiny", False)))
     values = {key: s.default for key, s in SETTINGS.items()}
     values.update(spec.defaults)
-    values.update(config_file)
     overridden: Tuple[str, ...] = ()
-    if tiny:
-        overridden = tuple(k for k in TINY_SIZES if k in config_file and config_file[k] != TINY_SIZES[k])
+    if tiny and config_file.get("tiny"):  # a file that asks for tiny models chooses their sizes too
         values.update(TINY_SIZES)
+        values.update(config_file)
+    else:
+        values.update(config_file)
+        if tiny:  # tiny is a quick check: its sizes win over a preset's full sizes
+            overridden = tuple(k for k in TINY_SIZES
+                               if k in config_file and config_file[k] != TINY_SIZES[k] and k not in given)
+            values.update(TINY_SIZES)
     values.update(given)
     values["pipeline"], values["tiny"] = spec.name, tiny
     for key, value in values.items():
@@ -321,6 +327,11 @@ def check(config: RunConfig) -> None:
             owner = next(p.name for p in PIPELINES.values() if key in p.options or any(c.key == key for c in p.checkpoints))
             raise ConfigError(f"{{{key}}} applies to {{pipeline}} {owner} only")
     config.iv_mixed.check(config.inference_step)
+    if not config.tiny:
+        for c in spec.checkpoints:
+            source = getattr(config, c.key)
+            if source is not None and looks_like_path(source) and not os.path.isdir(os.path.expanduser(source)):
+                raise ConfigError(f"{{{c.key}}} {source}: no such folder; give an existing checkpoint folder or a hub id")
     if config.reference_compat and config.inference_step > REFERENCE_MAX_STEPS:
         raise ConfigError(f"{{reference_compat}} supports at most {REFERENCE_MAX_STEPS} {{inference_step}} (the "
                           f"published code's guidance tables have {REFERENCE_MAX_STEPS} entries), got {config.inference_step}")
@@ -358,6 +369,18 @@ def _check_runtime(config: RunConfig) -> None:
         if not torch.cuda.is_available() or (config.device is not None and not config.device.startswith("cuda")):
             raise ConfigError(f"{{offload}} {config.offload} moves weights between the CPU and a CUDA GPU; "
                               "without one, use {offload} none")
+
+
+def check_output_dir(folder: str) -> None:
+    """Fail now, not after an hour of sampling, when the output folder cannot be created or written."""
+    import tempfile
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".ivmixed-write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write to {{output_dir}} {folder} ({exc.strerror or exc}); choose a writable folder") from None
 
 
 def with_resolved_runtime(config: RunConfig) -> RunConfig:

@@ -48,11 +48,13 @@ class PipelineSpec:
         module, name = self.class_path.split(":")
         return getattr(importlib.import_module(module), name)
 
-    def max_frames(self, sources: Mapping[str, str]) -> Optional[int]:
+    def max_frames(self, sources: Mapping[str, str], tiny: bool = False) -> Optional[int]:
         """The most frames the video model takes in one window, when its config says so and can be read
         without loading it (``None`` when there is no limit or it cannot be known yet)."""
-        if "motion_adapter" not in sources:
+        if not any(c.key == "motion_adapter" for c in self.checkpoints):
             return None
+        if tiny:
+            return TINY_MOTION_FRAMES
         config = read_config(sources["motion_adapter"])
         if config is None:
             return None
@@ -81,6 +83,7 @@ def read_config(source: str) -> Optional[Dict[str, Any]]:
 
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+TINY_MOTION_FRAMES = 32  # the tiny random motion adapter's window (ivmixed.testing)
 
 ANIMATEDIFF = PipelineSpec(
     name="Animatediff",

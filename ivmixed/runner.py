@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .config import RunConfig, with_resolved_runtime
+from .config import RunConfig, check_output_dir, with_resolved_runtime
 from .errors import SettingError
 from .manifest import Manifest
 from .outputs import OutputSet, lora_identity, output_set
@@ -196,6 +196,11 @@ class Runner:
         """Which jobs are finished and which files the others need; reads the manifest, loads no model."""
         config = self.config
         jobs = plan_jobs(config) if jobs is None else jobs
+        check_output_dir(config.output_dir)
+        limit = config.spec.max_frames(config.model_sources(), config.tiny)
+        if limit is not None and config.num_frames > limit:
+            raise SettingError(f"{{num_frames}} {config.num_frames} is more than the motion adapter supports ({limit}); "
+                               f"use at most {limit} frames")
         try:
             lora = lora_identity(config)
         except (OSError, ValueError) as exc:
@@ -230,8 +235,9 @@ class Runner:
     def run(self, jobs: Optional[List[Job]] = None) -> RunReport:
         """Make every unfinished job of this process's share (see :func:`process_state`)."""
         config = self.config
-        os.makedirs(config.output_dir, exist_ok=True)
         plan = self.plan(jobs)
+        # Loaded before any process group exists: transformers saves (the tiny checkpoints) on rank 0 only after.
+        loaded = self.pipelines.get(config) if plan.todo else None
         state = process_state(config)
         is_main = state is None or state.is_main_process
         self.report = RunReport(skipped=plan.finished, planned=len(plan.todo) + plan.finished)
@@ -242,7 +248,6 @@ class Runner:
             state.wait_for_everyone()  # everyone has read the manifest before anyone appends to it
             mine = plan.todo[state.process_index::state.num_processes]
         if mine:
-            loaded = self.pipelines.get(config)
             show_overall = is_main and len(mine) > 1 and self.progress_bars
             loaded.pipe.set_progress_bar_config(position=1 if show_overall else 0, leave=not show_overall,
                                                 disable=not (is_main and self.progress_bars))

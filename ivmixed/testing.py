@@ -15,6 +15,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, PNDMScheduler
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .models import VideoCrafterUNet3DConditionModel
+from .registry import TINY_MOTION_FRAMES
 
 TEXT_DIM = 32
 LATENT_SIZE = 8  # image UNets' native sample size; the VAE scales by 8, so 64 px
@@ -93,7 +94,7 @@ def tiny_motion_adapter(seed: int = 0) -> MotionAdapter:
         motion_layers_per_block=1,
         motion_num_attention_heads=2,
         motion_norm_num_groups=32,
-        motion_max_seq_length=32,
+        motion_max_seq_length=TINY_MOTION_FRAMES,
     ).eval()
 
 

@@ -10,33 +10,36 @@ import time
 import imageio.v3 as iio
 import pytest
 
+from runs import manifest_lines
+
 from ivmixed.cli import main
 from ivmixed.config import ConfigError
 from ivmixed.manifest import Manifest
-from ivmixed.prompts import Job, read_prompt_file, unique_jobs
+from ivmixed.prompts import read_prompt_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--tiny", "--inference-step", "2", "--num-frames", "2", "--device", "cpu"]
 
 
-def manifest_lines(folder):
-    with open(os.path.join(folder, "manifest.jsonl"), encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def fields(jobs):
+    return [(j.prompt, j.seed, j.negative_prompt, j.id) for j in jobs]
 
 
 def test_txt_prompt_file_skips_blanks_and_comments(tmp_path):
     path = tmp_path / "p.txt"
     path.write_text("# a comment\nfirst prompt\n\n   \n  second prompt  \n#another\n")
-    assert read_prompt_file(str(path), 5) == [Job("first prompt", 5), Job("second prompt", 5)]
+    jobs = read_prompt_file(str(path), 5)
+    assert fields(jobs) == [("first prompt", 5, None, None), ("second prompt", 5, None, None)]
+    assert [j.where for j in jobs] == [f"{path}:2", f"{path}:5"]
 
 
 def test_csv_and_jsonl_prompt_files_with_seeds(tmp_path):
     csv_path = tmp_path / "p.csv"
     csv_path.write_text('prompt,seed,negative_prompt,id\n"a cat, running",7,,cat\na dog,,blurry,\n')
-    assert read_prompt_file(str(csv_path), 1) == [Job("a cat, running", 7, None, "cat"), Job("a dog", 1, "blurry")]
+    assert fields(read_prompt_file(str(csv_path), 1)) == [("a cat, running", 7, None, "cat"), ("a dog", 1, "blurry", None)]
     jsonl_path = tmp_path / "p.jsonl"
     jsonl_path.write_text('{"prompt": "a cat", "seed": 3}\n\n{"prompt": "a dog", "id": 12}\n')
-    assert read_prompt_file(str(jsonl_path), 1, "ugly") == [Job("a cat", 3, "ugly"), Job("a dog", 1, "ugly", "12")]
+    assert fields(read_prompt_file(str(jsonl_path), 1, "ugly")) == [("a cat", 3, "ugly", None), ("a dog", 1, "ugly", "12")]
 
 
 @pytest.mark.parametrize(
@@ -44,7 +47,13 @@ def test_csv_and_jsonl_prompt_files_with_seeds(tmp_path):
     [
         ("p.csv", "text\nhello\n", "needs a header row with a 'prompt' column"),
         ("p.jsonl", '{"prompt": "x"}\nnot json\n', "p.jsonl:2: not a JSON object"),
-        ("p.csv", "prompt,seed\nx,abc\n", "seed must be an integer"),
+        ("p.csv", "prompt,seed\nx,abc\n", "p.csv:2: seed must be a whole number, got 'abc'"),
+        ("p.jsonl", '{"prompt": "x", "seed": 1.9}\n', "p.jsonl:1: seed must be a whole number, got 1.9"),
+        ("p.jsonl", '{"prompt": "x", "seed": true}\n', "seed must be a whole number, got True"),
+        ("p.jsonl", '{"prompt": "x", "seed": 18446744073709551616}\n', "seed must be from 0 to 2\\*\\*64 - 1"),
+        ("p.jsonl", '{"prompt": "x", "negative_prompt": ["a"]}\n', "p.jsonl:1: negative_prompt must be text"),
+        ("p.jsonl", '{"prompt": "a", "id": "Cat"}\n{"prompt": "b", "id": "cat"}\n', "p.jsonl:2: id 'cat' repeats the id of .*p.jsonl:1"),
+        ("p.csv", "prompt,id\na,x\nb,y\nc,X\n", "p.csv:4: id 'X' repeats"),
         ("p.txt", "# only a comment\n\n", "holds no prompts"),
         ("p.md", "x\n", "must end in"),
     ],
@@ -56,9 +65,10 @@ def test_bad_prompt_files(tmp_path, name, content, message):
         read_prompt_file(str(path), 1)
 
 
-def test_duplicate_prompts_are_made_once():
-    jobs = [Job("a cat", 1), Job("a cat", 1), Job("a cat", 2)]
-    assert unique_jobs(jobs, "Animatediff") == [Job("a cat", 1), Job("a cat", 2)]
+def test_prompt_file_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_bytes("\ufeffprompt,seed\nun café,3\n".encode("utf-8"))
+    assert fields(read_prompt_file(str(path), 1)) == [("un café", 3, None, None)]
 
 
 def test_manifest_resume_and_side_by_side(tmp_path):
@@ -75,8 +85,8 @@ def test_manifest_resume_and_side_by_side(tmp_path):
         both = iio.imread(out / r["files"]["side_by_side"])
         assert both.shape == (2, 64, iv.shape[2] + std.shape[2], 3)
         sheet = iio.imread(out / r["files"]["contact_sheet"])
-        assert sheet.shape[:2] == (2 * 64, 2 * 64)
-    assert (out / "sky_2_Animatediff_iv_mix.mp4").exists()
+        assert sheet.shape[0] > 2 * 64 and sheet.shape[1] > 2 * 64  # two rows of two frames, with gaps and labels
+    assert records[1]["files"]["iv_mix"].startswith("sky_2_Animatediff_")
     mtimes = {p: p.stat().st_mtime_ns for p in out.iterdir()}
     assert main(args) == 0  # a rerun makes nothing new
     assert len(manifest_lines(out)) == 2
@@ -89,7 +99,8 @@ def test_manifest_resume_and_side_by_side(tmp_path):
 
 def test_manifest_append_from_many_writers_keeps_whole_lines(tmp_path):
     code = ("import sys; from ivmixed.manifest import Manifest; m = Manifest(sys.argv[1]);\n"
-            "[m.append({'id': f'{sys.argv[2]}-{i}', 'pad': 'x' * 20000}) for i in range(30)]")
+            "[m.append({'id': 'x', 'fingerprint': f'{sys.argv[2]}-{i}', 'files': {}, 'pad': 'x' * 20000}) "
+            "for i in range(30)]")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(w)], cwd=ROOT) for w in range(3)]
     assert all(p.wait(timeout=120) == 0 for p in procs)
     assert len(Manifest(str(tmp_path)).records()) == 90
@@ -128,7 +139,8 @@ def test_interrupted_run_leaves_valid_files_and_resumes(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
-    assert "Traceback" not in err and "Run the same command again" in err
+    assert "Traceback" not in err and "run the same command again" in err
+    assert len([line for line in err.splitlines() if "interrupted" in line]) == 1
     done = manifest_lines(out)
     assert 1 <= len(done) < 6
     assert not [p for p in os.listdir(out) if "partial" in p]

@@ -8,8 +8,10 @@ import imageio.v3 as iio
 import pytest
 import torch
 
-from ivmixed import cli
+from runs import manifest_lines, only_record
+
 from ivmixed.cli import main
+from ivmixed.runner import Runner
 from ivmixed.export import atomic_path, write_json
 from ivmixed.testing import save_tiny_checkpoints
 
@@ -36,24 +38,24 @@ def write(path, text):
 
 
 BAD_INPUTS = [
-    (lambda tmp: ["--interval_begin", "9", "--inference-step", "5"], "interval_begin must be between 0 and 4"),
-    (lambda tmp: ["--interval_end", "-1"], "interval_end must be between"),
-    (lambda tmp: ["--v_sigma_end", "-0.5"], "v_sigma_end must be a finite number >= 0"),
-    (lambda tmp: ["--rho", "-2"], "rho must be a positive"),
+    (lambda tmp: ["--interval_begin", "9", "--inference-step", "5"], "--interval-begin must be between 0 and 4"),
+    (lambda tmp: ["--interval_end", "-1"], "--interval-end must be between"),
+    (lambda tmp: ["--v_sigma_end", "-0.5"], "--v-sigma-end must be a finite number >= 0"),
+    (lambda tmp: ["--rho", "-2"], "--rho must be a positive"),
     (lambda tmp: ["--inference-step", "-3"], "--inference-step must be at least 1"),
     (lambda tmp: ["--fps", "0"], "--fps must be at least 1"),
     (lambda tmp: ["--width", "0"], "--width must be a positive multiple of 8"),
-    (lambda tmp: ["--guidance-scale", "nan"], "--guidance-scale must be a number >= 0"),
-    (lambda tmp: ["--prompt", "   "], "a prompt is required"),
-    (lambda tmp: ["--prompt-file", write(tmp / "p.txt", "x\n"), "--prompt", "y"], "either --prompt or --prompt-file"),
+    (lambda tmp: ["--guidance-scale", "nan"], "--guidance-scale must be a finite number >= 0"),
+    (lambda tmp: ["--prompt", "   "], "--prompt must not be empty"),
+    (lambda tmp: ["--prompt-file", write(tmp / "p.txt", "x\n"), "--prompt", "y"], "give either --prompt or --prompt-file"),
     (lambda tmp: ["--prompt-file", write(tmp / "empty.txt", "\n# nothing\n")], "holds no prompts"),
     (lambda tmp: ["--prompt-file", str(tmp / "missing.csv")], "prompt file not found"),
     (lambda tmp: ["--config", write(tmp / "c.yaml", "zz: [1\n")], "is not valid YAML at line"),
     (lambda tmp: ["--config", write(tmp / "c.yaml", "steps: 3\n")], "unknown key(s) steps"),
-    (lambda tmp: ["--config", write(tmp / "c.yaml", "zz: many\n")], "zz must be a whole number"),
-    (lambda tmp: ["--config", write(tmp / "c.yaml", "tiny: yes please\n")], "tiny must be true or false"),
+    (lambda tmp: ["--config", write(tmp / "c.yaml", "zz: many\n")], "--zz must be a whole number"),
+    (lambda tmp: ["--config", write(tmp / "c.yaml", "tiny: yes please\n")], "--tiny must be true or false"),
     (lambda tmp: ["--config", write(tmp / "c.yaml", "- a list\n")], "must hold a mapping"),
-    (lambda tmp: ["--config", write(tmp / "c.yaml", "pipeline: Sora\n")], "unknown pipeline 'Sora'"),
+    (lambda tmp: ["--config", write(tmp / "c.yaml", "pipeline: Sora\n")], "unknown --pipeline 'Sora'"),
     (lambda tmp: ["--config", write(tmp / "c.yaml", "dtype: fp8\n")], "--dtype must be one of"),
     (lambda tmp: ["--lora", str(tmp / "nope.safetensors")], "--lora: LoRA file not found"),
     (lambda tmp: ["--lora", "no-such-style"], "LoRA 'no-such-style' not found"),
@@ -71,13 +73,21 @@ def test_bad_input_table(tmp_path, capsys, make_args, message):
     code, err = run_main([*args, "--output-dir", str(tmp_path / "out")] if "--output-dir" not in args else args, capsys)
     assert code == 2, err
     line = error_line(err)
-    assert message in line and line.startswith("inference.py: error:")
+    assert message in line and line.startswith("ivmixed: error:")
 
 
-def test_unknown_pipeline_and_dtype_flags_are_usage_errors(capsys):
-    for args in (["--pipeline", "Sora"], ["--dtype", "fp8"]):
+def test_unknown_pipeline_and_dtype_are_one_line_usage_errors(capsys):
+    for args, message in ((["--pipeline", "Sora"], "unknown --pipeline 'Sora'"),
+                          (["--dtype", "fp8"], "--dtype must be one of fp16, bf16, fp32")):
         code, err = run_main(["--prompt", "x", *args], capsys)
-        assert code == 2 and "invalid choice" in err and "Traceback" not in err
+        assert code == 2 and message in error_line(err)
+
+
+def test_argparse_errors_are_short(capsys):
+    code, err = run_main(["--prompt", "x", "--zz", "many"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("usage:") and "invalid int value: 'many'" in lines[1]
 
 
 TINY = ["--tiny", "--inference-step", "2", "--num-frames", "2", "--device", "cpu"]
@@ -86,21 +96,21 @@ TINY = ["--tiny", "--inference-step", "2", "--num-frames", "2", "--device", "cpu
 def test_out_of_memory_keeps_finished_videos(tmp_path, capsys, monkeypatch):
     prompts = tmp_path / "p.txt"
     prompts.write_text("first prompt\nsecond prompt\n")
-    real_generate, calls = cli.generate, []
+    real_generate, calls = Runner._generate, []
 
-    def generate(pipe, s, job, iv_mixed):
+    def generate(self, pipe, job, kind):
         calls.append(job.prompt)
         if job.prompt == "second prompt":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_generate(pipe, s, job, iv_mixed)
+        return real_generate(self, pipe, job, kind)
 
-    monkeypatch.setattr(cli, "generate", generate)
+    monkeypatch.setattr(Runner, "_generate", generate)
     out = tmp_path / "out"
     code, err = run_main([*TINY, "--prompt-file", str(prompts), "--output-dir", str(out)], capsys)
     assert code == 1
     line = error_line(err)
     assert "out of GPU memory" in line and "--offload model" in line and "--num-frames" in line
-    records = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    records = manifest_lines(out)
     assert [r["prompt"] for r in records] == ["first prompt"]
     for name in records[0]["files"].values():
         assert (out / name).exists()
@@ -110,7 +120,7 @@ def test_unexpected_failure_is_one_line_and_debug_shows_the_traceback(tmp_path, 
     def broken(*args, **kwargs):
         raise RuntimeError("something broke\nsecond line")
 
-    monkeypatch.setattr(cli, "generate", broken)
+    monkeypatch.setattr(Runner, "_generate", broken)
     args = [*TINY, "--prompt", "a cat", "--output-dir", str(tmp_path)]
     code, err = run_main(args, capsys)
     assert code == 1
@@ -171,9 +181,8 @@ def test_hostile_prompts_make_safe_files_inside_the_output_folder(tmp_path, caps
     for name in names:
         assert len(name) < 150 and name.isascii() and not name.startswith(".")
         assert all(c.isalnum() or c in "-_." for c in name)
-    video = next(n for n in names if n.endswith(".mp4"))
-    assert iio.imread(out / video).shape[0] == 2
-    record = json.loads((out / video.replace("_iv_mix.mp4", ".json")).read_text())
+    record = only_record(out)
+    assert iio.imread(out / record["files"]["iv_mix"]).shape[0] == 2
     assert record["prompt"] == prompt
     assert not list(tmp_path.glob("etc*")) and not (tmp_path.parent / "etc").exists()
 
@@ -183,18 +192,13 @@ def test_rerun_never_overwrites_silently(tmp_path, capsys, caplog):
     out = tmp_path / "out"
     args = [*TINY, "--no-standard", "--prompt", "a cat", "--output-dir", str(out)]
     assert run_main(args, capsys)[0] == 0
-    video = out / "a-cat_23523_Animatediff_iv_mix.mp4"
+    video = out / only_record(out)["files"]["iv_mix"]
     before = video.stat().st_mtime_ns
-    caplog.clear()
-    assert run_main(args, capsys)[0] == 0
-    assert video.stat().st_mtime_ns == before and "already finished" in caplog.text
-    caplog.clear()
-    assert run_main([*args, "--overwrite"], capsys)[0] == 0
-    assert video.stat().st_mtime_ns != before and "replacing a-cat_23523_Animatediff_iv_mix.mp4 (--overwrite)" in caplog.text
-    (out / "manifest.jsonl").unlink()  # files without a record: made again, and the log says so
-    caplog.clear()
-    assert run_main(args, capsys)[0] == 0
-    assert "left by an unfinished run" in caplog.text
+    code, err = run_main(args, capsys)
+    assert code == 0 and video.stat().st_mtime_ns == before and "already finished" in err
+    code, err = run_main([*args, "--overwrite"], capsys)
+    assert code == 0 and video.stat().st_mtime_ns != before
+    assert f"replacing {video.name} (--overwrite)" in err
 
 
 def test_nan_latents_are_caught_before_decoding(tmp_path, capsys, monkeypatch):
@@ -229,7 +233,7 @@ def test_performance_flags_reach_the_run(tmp_path, capsys):
     code, err = run_main([*TINY, "--prompt", "a cat", "--image-batch-size", "1", "--channels-last", "--vae-slicing",
                           "--no-standard", "--output-dir", str(out)], capsys)
     assert code == 0, err
-    record = json.loads((out / "a-cat_23523_Animatediff.json").read_text())
+    record = only_record(out)
     assert record["settings"]["image_batch_size"] == 1
     assert record["performance"]["channels_last"] and record["performance"]["vae_slicing"]
     assert record["network_calls"]["iv_mix"] == {"video": 6, "image": 4}  # batching splits calls, not guided evaluations
