@@ -140,7 +140,7 @@ def test_interrupted_run_leaves_valid_files_and_resumes(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "run the same command again" in err
-    assert len([line for line in err.splitlines() if "interrupted" in line]) == 1
+    assert len([line for line in err.splitlines() if "interrupted after" in line]) == 1
     done = manifest_lines(out)
     assert 1 <= len(done) < 6
     assert not [p for p in os.listdir(out) if "partial" in p]
