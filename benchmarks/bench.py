@@ -8,7 +8,8 @@ with random weights from their configs (no download), so timings and memory are 
 Each variant runs ``--warmup`` unmeasured times, then ``--repeats`` measured times; the table shows the median.
 
 What is measured, per run:
-- wall time split into prompt encoding, denoising (the sampler), decoding (VAE + post-processing) and the
+- wall time split into prompt encoding (inside the text encoders), denoising (first UNet call to the last step
+  callback), decoding (from there to the end of the call: VAE and post-processing) and the
   rest (input checks, latent preparation);
 - network time: the wall time inside the UNets' forward calls (timed by hooks on the modules, with CUDA
   synchronised at each boundary); the sampler's overhead is denoising minus network time, i.e. everything the
@@ -40,10 +41,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-from ivmixed.cli import DTYPES, pick_device_and_dtype, quiet_libraries  # noqa: E402
 from ivmixed.performance import OFFLOAD_MODES, apply_performance_options  # noqa: E402
-from ivmixed.pipelines import PIPELINES  # noqa: E402
-from ivmixed.pipelines import common  # noqa: E402
+from ivmixed.registry import PIPELINES  # noqa: E402
+from ivmixed.runtime import DTYPE_NAMES, pick_device_and_dtype, quiet_libraries  # noqa: E402
 from ivmixed.sampler import IVMixedSettings, count_network_calls  # noqa: E402
 
 logger = logging.getLogger("ivmixed.bench")
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int)
     p.add_argument("--zz", type=int, help="IV-mixed zz (default: the pipeline's)")
     p.add_argument("--device", help="default cuda when available, else cpu")
-    p.add_argument("--dtype", choices=DTYPES, help="default fp16 on CUDA, fp32 on CPU")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, help="default fp16 on CUDA, fp32 on CPU")
     p.add_argument("--repeats", type=int, default=3, help="measured runs per variant; the median is shown")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured runs per variant first (compilation, caches)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default 1 with --tiny: the tiny networks "
@@ -105,27 +105,34 @@ class Recorder:
         self.sections: Dict[str, float] = {}
         self.network_s: Dict[str, float] = {}
         self.unet_calls: Dict[str, int] = {}
+        self.reset()
 
     def reset(self) -> None:
         self.sections = {"encode": 0.0, "denoise": 0.0, "decode": 0.0}
+        self.first_network: Optional[float] = None
+        self.last_step: Optional[float] = None
         self.network_s = {"video": 0.0, "image": 0.0}
         self.unet_calls = {"video": 0, "image": 0}
 
-    def timed(self, section: str, fn):
-        def wrapper(*args, **kwargs):
-            start = self.clock()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.sections[section] += self.clock() - start
+    def hook_section(self, module: torch.nn.Module, section: str) -> List:
+        started: List[float] = []
 
-        return wrapper
+        def pre(*_):
+            started.append(self.clock())
+
+        def post(*_):
+            self.sections[section] += self.clock() - started.pop()
+
+        return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
 
     def hook_network(self, module: torch.nn.Module, key: str) -> List:
         started: List[float] = []
 
         def pre(*_):
-            started.append(self.clock())
+            now = self.clock()
+            started.append(now)
+            if self.first_network is None:
+                self.first_network = now
 
         def post(*_):
             self.network_s[key] += self.clock() - started.pop()
@@ -136,25 +143,18 @@ class Recorder:
 
 @contextmanager
 def instrumented(pipe, recorder: Recorder):
-    """Wrap the pipeline's sections and hook its UNets for the duration; restores everything afterwards."""
+    """Time one call through public hooks only: forward hooks on the text encoders and the UNets, and the
+    pipeline's step callback (see :func:`run_once`). Removes every hook afterwards."""
     handles = recorder.hook_network(pipe.unet, "video")
     if getattr(pipe, "image_unet", None) is not None:
         handles += recorder.hook_network(pipe.image_unet, "image")
-    patched = {"encode_prompt": "encode", "encode_image_prompt": "encode", "decode_latents": "decode"}
-    for name, section in patched.items():
-        if hasattr(pipe, name):
-            setattr(pipe, name, recorder.timed(section, getattr(pipe, name)))
-    processor = pipe.video_processor
-    processor.postprocess_video = recorder.timed("decode", processor.postprocess_video)
-    sampler = common.sample_iv_mixed
-    common.sample_iv_mixed = recorder.timed("denoise", sampler)
+    for name in ("text_encoder", "image_text_encoder"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            handles += recorder.hook_section(module, "encode")
     try:
         yield
     finally:
-        common.sample_iv_mixed = sampler
-        del processor.postprocess_video
-        for name in patched:
-            pipe.__dict__.pop(name, None)
         for handle in handles:
             handle.remove()
 
@@ -206,7 +206,8 @@ def build_pipeline(args, folder: str, device: torch.device, dtype: torch.dtype):
     if args.tiny:
         from ivmixed.testing import save_tiny_checkpoints
 
-        return PIPELINES[args.pipeline].from_checkpoints(**save_tiny_checkpoints(folder, args.pipeline), dtype=dtype)
+        cls = PIPELINES[args.pipeline].pipeline_class()
+        return cls.from_checkpoints(**save_tiny_checkpoints(folder, args.pipeline), dtype=dtype)
     from ivmixed.testing import full_size_pipeline
 
     # Built directly on the GPU: random initialisation of ~2.5e9 parameters on the CPU takes minutes.
@@ -214,17 +215,27 @@ def build_pipeline(args, folder: str, device: torch.device, dtype: torch.dtype):
 
 
 def run_once(pipe, args, iv_mixed: bool, zz: int, recorder: Recorder, memory: PeakMemory) -> Dict:
+    """One measured call. Denoising runs from the first UNet call to the last step callback; decoding from there
+    to the end of the call; prompt encoding is the time inside the text encoders."""
+
+    def step_end(pipeline, i, t, tensors):
+        recorder.last_step = recorder.clock()
+        return {}
+
     kwargs = dict(
         prompt=PROMPT, negative_prompt=NEGATIVE_PROMPT, num_frames=args.frames, height=args.height, width=args.width,
         num_inference_steps=args.steps, generator=torch.Generator("cpu").manual_seed(0), output_type="np",
-        iv_mixed=iv_mixed, zz=zz, image_batch_size=args.image_batch_size,
+        iv_mixed=iv_mixed, zz=zz, image_batch_size=args.image_batch_size, callback_on_step_end=step_end,
     )
     recorder.reset()
     before = memory.start()
     start = recorder.clock()
     with instrumented(pipe, recorder):
         out = pipe(**kwargs)
-    wall = recorder.clock() - start
+    end = recorder.clock()
+    wall = end - start
+    recorder.sections["denoise"] = recorder.last_step - recorder.first_network
+    recorder.sections["decode"] = end - recorder.last_step
     network = sum(recorder.network_s.values())
     denoise = recorder.sections["denoise"]
     return {
@@ -280,8 +291,7 @@ def benchmark(args) -> Dict:
     threads = args.threads or (1 if args.tiny else None)
     if threads:
         torch.set_num_threads(threads)
-    cls = PIPELINES[args.pipeline]
-    zz = args.zz if args.zz is not None else getattr(cls, "default_zz", 1000)
+    zz = args.zz if args.zz is not None else PIPELINES[args.pipeline].defaults["zz"]
     if args.frames is None:
         args.frames = 8 if args.tiny else 16
     if args.full_size:

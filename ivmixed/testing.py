@@ -15,7 +15,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, PNDMScheduler
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .models import VideoCrafterUNet3DConditionModel
-from .registry import TINY_MOTION_FRAMES
+from .registry import PIPELINES, TINY_MOTION_FRAMES
 
 TEXT_DIM = 32
 LATENT_SIZE = 8  # image UNets' native sample size; the VAE scales by 8, so 64 px
@@ -326,7 +326,6 @@ def full_size_pipeline(pipeline: str, folder: str, dtype: torch.dtype = torch.fl
     """
     from diffusers import DPMSolverMultistepScheduler
 
-    from .pipelines import PIPELINES
     from .pipelines.animatediff import DDIM_SETTINGS
     from .pipelines.videocrafter import DPM_SETTINGS
 
@@ -358,5 +357,5 @@ def full_size_pipeline(pipeline: str, folder: str, dtype: torch.dtype = torch.fl
         else:
             raise ValueError(f"no full-size architecture for pipeline {pipeline!r}")
         # inside the device context: AnimateDiff's constructor builds the motion UNet from the 2D one
-        pipe = PIPELINES[pipeline](vae=vae, image_unet=image_unet, **components)
+        pipe = PIPELINES[pipeline].pipeline_class()(vae=vae, image_unet=image_unet, **components)
     return pipe.to(dtype=dtype)
