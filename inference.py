@@ -3,7 +3,7 @@
 The same command line is installed as ``ivmixed`` by ``pip install .``.
 """
 
-from ivmixed.cli import main
+from ivmixed.entry import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

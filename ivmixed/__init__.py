@@ -1,38 +1,45 @@
 """IV-mixed sampling: an image diffusion model lifts the frames of a video diffusion model, training-free.
 
-The pipelines and models load on first use, so the command-line tools start fast and ``--help`` or a bad
-flag answers without importing diffusers.
+Everything loads on first use, so ``import ivmixed`` is instant and the command line answers ``--help`` or a bad
+flag without importing torch or diffusers. The libraries' own notes and loading bars stay quiet unless
+``TRANSFORMERS_VERBOSITY``/``DIFFUSERS_VERBOSITY`` say otherwise or :func:`ivmixed.runtime.set_verbose` is called.
 """
 
+import os
 from importlib import import_module
 
-from .guidance import combine_guidance, guidance_schedule
-from .sampler import IVMixedSettings, count_network_calls, ddim_move, sample_iv_mixed
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 __version__ = "0.2.0"
 
 _LAZY = {
-    "PIPELINES": ".pipelines",
     "IVMixedAnimateDiffPipeline": ".pipelines",
     "IVMixedModelScopePipeline": ".pipelines",
     "IVMixedPipelineOutput": ".pipelines",
     "IVMixedTextToVideoPipeline": ".pipelines",
     "IVMixedVideoCrafterPipeline": ".pipelines",
     "VideoCrafterUNet3DConditionModel": ".models",
+    "IVMixedSettings": ".sampler",
+    "count_network_calls": ".sampler",
+    "ddim_move": ".sampler",
+    "sample_iv_mixed": ".sampler",
+    "combine_guidance": ".guidance",
+    "guidance_schedule": ".guidance",
+    "RunConfig": ".config",
+    "build_config": ".config",
+    "Runner": ".runner",
+    "tiny_pipeline": ".testing",
 }
 
-__all__ = [
-    *_LAZY,
-    "IVMixedSettings",
-    "combine_guidance",
-    "count_network_calls",
-    "ddim_move",
-    "guidance_schedule",
-    "sample_iv_mixed",
-]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name):
     if name in _LAZY:
         return getattr(import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -167,12 +167,14 @@ class handle_signals:
 
 def describe_failure(exc: Exception):
     """The exit status and one-line message for a failure during a run."""
+    from .errors import ModelLoadError
     from .export import OutputWriteError
-    from .loading import ModelLoadError
 
     if isinstance(exc, SettingError):
         return 2, exc.render(flag)
-    if isinstance(exc, (ModelLoadError, OutputWriteError)):
+    if isinstance(exc, ModelLoadError):
+        return 1, exc.render(flag)
+    if isinstance(exc, OutputWriteError):
         return 1, str(exc)
     name = type(exc).__name__
     if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():

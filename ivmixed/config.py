@@ -31,9 +31,10 @@ OFFLOAD_MODES = ("none", "model", "sequential")
 LORA_TARGETS = ("image", "video", "both")
 REFERENCE_MAX_STEPS = 50
 SEED_LIMIT = 2**64  # torch generators take seeds in [0, 2**64)
-# A latent tensor larger than this many elements per video cannot fit any GPU's memory (the UNets' activations
-# are many times the latents); such sizes are typos, refused before loading rather than left to hang.
-MAX_LATENT_ELEMENTS = 4 * 256 * 256 * 1024
+# Latents larger than this per video (1024 frames of 1024x1024 px, or 16 frames of 8192x8192) cannot be sampled
+# on any GPU (the UNets' activations are hundreds of times the latents); such sizes are typos, refused before
+# loading rather than left to hang.
+MAX_LATENT_ELEMENTS = 4 * 1024 * 128 * 128
 # --tiny runs random tiny models: small frames and few steps keep the whole path to seconds on a CPU.
 TINY_SIZES: Dict[str, Any] = {"num_frames": 8, "height": 64, "width": 64, "inference_step": 10}
 
@@ -310,6 +311,12 @@ def check(config: RunConfig) -> None:
         problem = s.check(value) if s.check is not None else None
         if problem:
             raise ConfigError(f"{{{key}}} {problem}")
+    if config.inference_step > config.spec.train_timesteps:
+        raise ConfigError(f"{{inference_step}} {config.inference_step} is more than the {config.spec.train_timesteps} "
+                          f"timesteps the {config.pipeline} models were trained with; use at most "
+                          f"{config.spec.train_timesteps}")
+    if config.no_standard and config.side_by_side:
+        raise ConfigError("{side_by_side} compares with the standard video, which {no_standard} skips; drop one of them")
     if config.prompt is not None and config.prompt_file is not None:
         raise ConfigError("give either {prompt} or {prompt_file}, not both")
     if config.prompt is None and config.prompt_file is None:

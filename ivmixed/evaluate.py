@@ -1,7 +1,7 @@
 """Score a finished run: CLIP text-frame alignment and frame-to-frame consistency, standard vs IV-mixed.
 
-``python -m ivmixed.evaluate OUTPUT_DIR`` reads ``OUTPUT_DIR/manifest.jsonl`` and writes
-``metrics.csv`` and ``metrics.md`` beside it. Both metrics are cosine similarities of CLIP embeddings
+``python -m ivmixed.evaluate OUTPUT_DIR`` reads ``OUTPUT_DIR/manifest.jsonl`` and writes ``metrics.csv``
+(one row per video), ``metrics_summary.csv`` (the means) and ``metrics.md`` beside it. Both metrics are cosine similarities of CLIP embeddings
 times 100: the prompt against each frame (the "CLIP score"), and each frame against the next.
 """
 
@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import sys
-import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -22,7 +21,7 @@ from .export import atomic_path
 from .loading import ModelLoadError, loading
 from .manifest import MANIFEST_NAME, Manifest
 
-logger = logging.getLogger("ivmixed.evaluate")
+logger = logging.getLogger("ivmixed")
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 VARIANTS = ("standard", "iv_mix")  # CSV order: the baseline first
@@ -42,10 +41,10 @@ def read_manifest(output_dir: str) -> List[Dict[str, Any]]:
         raise UsageError(f"no such folder '{output_dir}'; pass the --output-dir that inference.py wrote to")
     manifest = Manifest(output_dir)
     if not os.path.isfile(manifest.path):
-        raise UsageError(f"no {MANIFEST_NAME} in '{output_dir}'; run inference.py with this --output_dir first")
+        raise UsageError(f"no {MANIFEST_NAME} in '{output_dir}'; run a generation with this --output-dir first")
     records = list(manifest.records().values())
     if not records:
-        raise UsageError(f"{manifest.path} lists no videos; run inference.py with this --output_dir first")
+        raise UsageError(f"{manifest.path} lists no videos; run a generation with this --output-dir first")
     for record in records:
         files = record.get("files")
         fields = (record["id"], record.get("prompt"), files.get("iv_mix") if isinstance(files, dict) else None)
@@ -61,7 +60,7 @@ def load_clip(clip_model: str, device: str):
     """``(model, processor)`` in eval mode on ``device``; any failure becomes a :class:`ModelLoadError`."""
     from transformers import CLIPModel, CLIPProcessor
 
-    with loading("CLIP model", clip_model, "--clip-model"):
+    with loading("CLIP model", clip_model, "clip_model"):
         processor = CLIPProcessor.from_pretrained(clip_model)
         model = CLIPModel.from_pretrained(clip_model)
     return model.to(device).eval(), processor
@@ -132,6 +131,9 @@ def evaluate(
 
     entries = read_manifest(output_dir)
     jobs = [(entry, variant) for entry in entries for variant in VARIANTS if isinstance(entry["files"].get(variant), str)]
+    from .loading import ensure_available
+
+    ensure_available([("CLIP model", clip_model, "clip_model", "config.json")])
     model, processor = load_clip(clip_model, device)
     rows = []
     for entry, variant in tqdm(jobs, desc="evaluating", unit="video", disable=None):
@@ -144,7 +146,7 @@ def evaluate(
         alignment, consistency = clip_scores(model, processor, frames, entry["prompt"], batch_size)
         rows.append(
             {
-                "id": entry["id"],
+                "id": run_label(entry),
                 "prompt": entry["prompt"],
                 "seed": entry.get("seed"),
                 "variant": variant,
@@ -178,15 +180,30 @@ def summarize(rows: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
     return summary
 
 
-def write_csv(rows: Sequence[Dict[str, Any]], summary: Dict[str, Dict[str, float]], path: str) -> str:
-    """Per-video rows, then one ``id=mean`` row per variant and one for the difference."""
+def run_label(entry: Dict[str, Any]) -> str:
+    """A name for one output set that is unique in its folder: its record's file stem (its id otherwise)."""
+    record = entry["files"].get("record")
+    return record[: -len(".json")] if isinstance(record, str) and record.endswith(".json") else entry["id"]
+
+
+def write_csv(rows: Sequence[Dict[str, Any]], path: str) -> str:
+    """One row per video."""
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
+    return path
+
+
+def write_summary_csv(summary: Dict[str, Dict[str, float]], path: str) -> str:
+    """One row per variant with the means, and one for the IV-mixed minus standard difference."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=("variant", "videos") + METRICS)
+            writer.writeheader()
             for variant, means in summary.items():
-                writer.writerow({"id": "mean", "prompt": "", "seed": "", "variant": variant, "num_frames": "", **means})
+                writer.writerow({"variant": variant, **means})
     return path
 
 
@@ -237,30 +254,48 @@ def write_markdown(rows: Sequence[Dict[str, Any]], summary: Dict[str, Dict[str, 
     return path
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"usage: {self.prog} OUTPUT_DIR [options]  (--help lists them)\n{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="evaluate",
-        description="Score the videos listed in OUTPUT_DIR/manifest.jsonl with CLIP; writes metrics.csv and metrics.md there.",
+    parser = _Parser(
+        prog="python -m ivmixed.evaluate",
+        description="Score the videos listed in OUTPUT_DIR/manifest.jsonl with CLIP; writes metrics.csv "
+        "(per video), metrics_summary.csv (means) and metrics.md there.",
+        allow_abbrev=False,
     )
-    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="the --output_dir of inference.py")
-    parser.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="hub id or local folder (default: %(default)s)")
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="the --output-dir a generation wrote to")
+    parser.add_argument("--clip-model", "--clip_model", default=DEFAULT_CLIP_MODEL,
+                        help="hub id or local folder (default: %(default)s)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a random tiny CLIP, offline: checks the scoring path; the scores mean nothing")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--batch-size", type=int, default=32, help="most frames per CLIP forward pass (default: %(default)s)")
+    parser.add_argument("--batch-size", "--batch_size", type=int, default=32,
+                        help="most frames per CLIP forward pass (default: %(default)s)")
     return parser
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    from .terminal import install_terminal
+
+    install_terminal()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    import torch
-    import transformers
+    import tempfile
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    import torch
+
+    from .runtime import quiet_libraries
+
+    quiet_libraries()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device_type = torch.device(device).type
@@ -268,17 +303,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"--device '{device}' is not a torch device (e.g. cpu, cuda, cuda:1, mps)")
     if device_type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {device}: this torch has no CUDA device; use --device cpu")
-    try:
-        rows = evaluate(args.output_dir, args.clip_model, device, args.batch_size)
-    except UsageError as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    except ModelLoadError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 1
+    with tempfile.TemporaryDirectory(prefix="ivmixed-tiny-clip-") as tiny_folder:
+        clip_model = args.clip_model
+        if args.tiny:
+            from .testing import save_tiny_clip
+
+            logger.warning("--tiny: a random tiny CLIP; the scores only check the scoring path")
+            clip_model = save_tiny_clip(tiny_folder)
+        try:
+            rows = evaluate(args.output_dir, clip_model, device, args.batch_size)
+        except UsageError as exc:
+            parser.exit(2, f"{parser.prog}: error: {exc}\n")
+        except ModelLoadError as exc:
+            print(f"{parser.prog}: error: {exc.render(_flag)}", file=sys.stderr)
+            return 1
     summary = summarize(rows)
     for path in (
-        write_csv(rows, summary, os.path.join(args.output_dir, "metrics.csv")),
-        write_markdown(rows, summary, os.path.join(args.output_dir, "metrics.md"), args.clip_model),
+        write_csv(rows, os.path.join(args.output_dir, "metrics.csv")),
+        write_summary_csv(summary, os.path.join(args.output_dir, "metrics_summary.csv")),
+        write_markdown(rows, summary, os.path.join(args.output_dir, "metrics.md"),
+                       "tiny random CLIP" if args.tiny else args.clip_model),
     ):
         logger.info("wrote %s", path)
     for variant in VARIANTS + (DIFFERENCE,):

@@ -185,8 +185,21 @@ def convert_lora(
     """
     if os.path.exists(dump_path):
         raise FileExistsError(f"{dump_path} already exists; remove it or choose another --dump_path")
+    parent = os.path.dirname(os.path.abspath(dump_path))
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(f"--dump_path {dump_path}: {existing} is a file, not a folder; choose another --dump_path")
+    if not os.access(existing, os.W_OK):
+        raise PermissionError(f"--dump_path {dump_path}: cannot write in {existing}; choose another --dump_path")
     state_dict = read_lora_file(checkpoint_path)
-    pipe = StableDiffusionPipeline.from_pretrained(base_model_path, dtype=torch.float32).to(device)
+    from .loading import ensure_available, loading
+
+    ensure_available([("base model", base_model_path, "base_model_path", "unet/config.json")])
+    with loading("base model", base_model_path, "base_model_path"):
+        pipe = StableDiffusionPipeline.from_pretrained(base_model_path, dtype=torch.float32)
+    pipe = pipe.to(device)
     report = merge_lora(
         state_dict,
         [(lora_prefix_unet, pipe.unet), (lora_prefix_text_encoder, pipe.text_encoder)],

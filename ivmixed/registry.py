@@ -21,6 +21,8 @@ class Checkpoint:
     key: str
     what: str
     default: str
+    # A file every complete download of it has, to look it up in the local hub cache without loading it.
+    marker: str = "config.json"
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class PipelineSpec:
     # Whether a LoRA can go into the video model (its UNet is an SD 1.5 UNet).
     video_lora: bool = False
     scheduler: str = "DDIM"
+    train_timesteps: int = 1000  # the schedulers' num_train_timesteps: at most this many inference steps
     # Settings that change the standard (baseline) video too, beyond the ones every pipeline shares.
     standard_options: Tuple[str, ...] = field(default=())
 
@@ -89,9 +92,9 @@ ANIMATEDIFF = PipelineSpec(
     name="Animatediff",
     class_path="ivmixed.pipelines.animatediff:IVMixedAnimateDiffPipeline",
     checkpoints=(
-        Checkpoint("video_model", "video model", "SG161222/Realistic_Vision_V5.1_noVAE"),
+        Checkpoint("video_model", "video model", "SG161222/Realistic_Vision_V5.1_noVAE", "model_index.json"),
         Checkpoint("motion_adapter", "motion adapter", "guoyww/animatediff-motion-adapter-v1-5-3"),
-        Checkpoint("image_model", "image model", SD15),
+        Checkpoint("image_model", "image model", SD15, "unet/config.json"),
     ),
     defaults={"height": 512, "width": 512, "guidance_scale": 7.5, "zz": 1000},
     video_lora=True,
@@ -100,8 +103,8 @@ MODELSCOPE = PipelineSpec(
     name="ModelScope",
     class_path="ivmixed.pipelines.modelscope:IVMixedModelScopePipeline",
     checkpoints=(
-        Checkpoint("video_model", "video model", "ali-vilab/text-to-video-ms-1.7b"),
-        Checkpoint("image_model", "image model", SD15),
+        Checkpoint("video_model", "video model", "ali-vilab/text-to-video-ms-1.7b", "model_index.json"),
+        Checkpoint("image_model", "image model", SD15, "unet/config.json"),
     ),
     defaults={"height": 256, "width": 256, "guidance_scale": 9.0, "zz": 1000},
 )
@@ -109,9 +112,9 @@ VIDEOCRAFTER = PipelineSpec(
     name="VideoCrafter",
     class_path="ivmixed.pipelines.videocrafter:IVMixedVideoCrafterPipeline",
     checkpoints=(
-        Checkpoint("video_model", "video model", "cerspense/zeroscope_v2_576w"),
+        Checkpoint("video_model", "video model", "cerspense/zeroscope_v2_576w", "model_index.json"),
         Checkpoint("unet", "VideoCrafter2 UNet", "adamdad/videocrafterv2_diffusers"),
-        Checkpoint("image_model", "image model", "SG161222/Realistic_Vision_V6.0_B1_noVAE"),
+        Checkpoint("image_model", "image model", "SG161222/Realistic_Vision_V6.0_B1_noVAE", "unet/config.json"),
     ),
     defaults={"height": 320, "width": 512, "guidance_scale": 9.0, "zz": 3, "fps_condition": 24},
     options=("fps_condition",),

@@ -125,10 +125,14 @@ class PipelineCache:
 def load_pipeline(config: RunConfig) -> LoadedPipeline:
     """Load ``config``'s pipeline (random tiny models with ``tiny``), place it and apply LoRA and speed options."""
     from .performance import apply_performance_options
+    from .loading import ensure_available
     from .runtime import quiet_libraries, set_cpu_threads, torch_dtype
 
-    quiet_libraries()
     spec = config.spec
+    if not config.tiny:
+        sources = config.model_sources()
+        ensure_available([(c.what, sources[c.key], c.key, c.marker) for c in spec.checkpoints])
+    quiet_libraries()
     t0 = time.perf_counter()
     threads = set_cpu_threads(config.device, config.tiny)
     with tempfile.TemporaryDirectory(prefix="ivmixed-tiny-") as tiny_root:

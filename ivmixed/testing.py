@@ -53,6 +53,26 @@ def tiny_tokenizer(folder: str) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(folder)
 
 
+def save_tiny_clip(folder: str, seed: int = 0) -> str:
+    """A tiny random CLIP (32 px images) with its processor, saved like a hub repository (for scoring offline)."""
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+
+    write_tiny_tokenizer(folder)
+    vocab = 2 * 256 + len(SPECIAL_TOKENS)
+    tiny = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    config = CLIPConfig(
+        text_config=dict(tiny, vocab_size=vocab, max_position_embeddings=77, bos_token_id=vocab - 2,
+                         eos_token_id=vocab - 1, pad_token_id=vocab - 1),
+        vision_config=dict(tiny, image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    torch.manual_seed(seed)
+    CLIPModel(config).save_pretrained(folder)
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=CLIPTokenizer.from_pretrained(folder)).save_pretrained(folder)
+    return folder
+
+
 def tiny_text_encoder(seed: int = 0) -> CLIPTextModel:
     torch.manual_seed(seed)
     vocab = 2 * 256 + len(SPECIAL_TOKENS)
@@ -252,6 +272,28 @@ def save_tiny_checkpoints(root: str, pipeline: str) -> Dict[str, str]:
             "image_model": save_tiny_sd(os.path.join(root, "image-model"), seed=3),
         }
     raise ValueError(f"no tiny checkpoints for pipeline {pipeline!r}")
+
+
+def tiny_pipeline(pipeline: str = "Animatediff", seed: int = 0):
+    """A ready pipeline on random tiny models, offline, to try the API in seconds (its videos are noise).
+
+    ``pipeline`` is a name of :data:`ivmixed.registry.PIPELINES` (any case). Sets torch to one CPU thread:
+    the tiny networks' ops are too small to gain from more.
+    """
+    import tempfile
+
+    from .registry import find_pipeline
+    from .runtime import quiet_libraries
+
+    spec = find_pipeline(pipeline)
+    if spec is None:
+        raise ValueError(f"unknown pipeline {pipeline!r}; choose one of {', '.join(PIPELINES)}")
+    quiet_libraries()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="ivmixed-tiny-") as root:
+        pipe = spec.pipeline_class().from_checkpoints(**save_tiny_checkpoints(root, spec.name))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 # -- full-size architectures with random weights (benchmarks: real shapes and FLOPs, no download) ----------

@@ -15,7 +15,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere, uninstalled
 
+from ivmixed.errors import ModelLoadError  # noqa: E402
 from ivmixed.lora import DEFAULT_ALPHA, TEXT_ENCODER_PREFIX, UNET_PREFIX, convert_lora  # noqa: E402
+from ivmixed.runtime import quiet_libraries  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -36,13 +38,16 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    quiet_libraries()
     try:
         convert_lora(
             args.base_model_path, args.checkpoint_path, args.dump_path, alpha=args.alpha,
             lora_prefix_unet=args.lora_prefix_unet, lora_prefix_text_encoder=args.lora_prefix_text_encoder,
             to_safetensors=args.to_safetensors, device=args.device,
         )
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
+    except ModelLoadError as err:
+        sys.exit(f"error: {err.render(lambda name: '--' + name)}")
+    except (OSError, ValueError) as err:
         sys.exit(f"error: {err}")
 
 

@@ -11,33 +11,18 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
+from transformers import CLIPModel, CLIPProcessor
 
 from ivmixed import evaluate as ev
-from ivmixed.testing import SPECIAL_TOKENS, write_tiny_tokenizer
+from ivmixed.testing import save_tiny_clip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VOCAB = 2 * 256 + len(SPECIAL_TOKENS)
 
 
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
     """A tiny random CLIP (32 px images) and its processor, saved like a hub repository."""
-    folder = str(tmp_path_factory.mktemp("tiny-clip"))
-    write_tiny_tokenizer(folder)
-    tiny = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
-    config = CLIPConfig(
-        text_config=dict(
-            tiny, vocab_size=VOCAB, max_position_embeddings=77, bos_token_id=VOCAB - 2, eos_token_id=VOCAB - 1, pad_token_id=VOCAB - 1
-        ),
-        vision_config=dict(tiny, image_size=32, patch_size=8),
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(folder)
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=image_processor, tokenizer=CLIPTokenizer.from_pretrained(folder)).save_pretrained(folder)
-    return folder
+    return save_tiny_clip(str(tmp_path_factory.mktemp("tiny-clip")))
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +100,7 @@ def test_cli_writes_rows_and_averages(tmp_path, clip_folder, reference):
 
     with open(tmp_path / "metrics.csv", newline="") as f:
         table = list(csv.DictReader(f))
-    rows = {(r["id"], r["variant"]): r for r in table if r["id"] != "mean"}
+    rows = {(r["id"], r["variant"]): r for r in table}
     assert set(rows) == {(e["id"], v) for e in entries for v in ev.VARIANTS}
     for entry in entries:
         for variant in ev.VARIANTS:
@@ -125,7 +110,8 @@ def test_cli_writes_rows_and_averages(tmp_path, clip_folder, reference):
             assert (float(row["clip_score"]), float(row["frame_consistency"])) == pytest.approx(expected, abs=1e-4)
             assert row["seed"] == str(entry["seed"]) and int(row["num_frames"]) == len(frames)
 
-    means = {r["variant"]: r for r in table if r["id"] == "mean"}
+    with open(tmp_path / "metrics_summary.csv", newline="") as f:
+        means = {r["variant"]: r for r in csv.DictReader(f)}
     for metric in ev.METRICS:
         per_variant = {v: np.mean([float(rows[(e["id"], v)][metric]) for e in entries]) for v in ev.VARIANTS}
         for variant in ev.VARIANTS:
@@ -143,7 +129,7 @@ def test_iv_mix_only_and_unreadable_videos(tmp_path, clip_folder):
     entries = [{"id": "solo", "prompt": "p", "seed": 1, "files": {"iv_mix": "solo.gif"}}]
     write_run(str(tmp_path), entries)
     with open(tmp_path / ev.MANIFEST_NAME, "a") as f:
-        f.write(json.dumps({"id": "gone", "prompt": "q", "seed": 2, "files": {"iv_mix": "missing.mp4"}}) + "\n")
+        f.write(json.dumps({"id": "gone", "fingerprint": "g", "prompt": "q", "seed": 2, "files": {"iv_mix": "missing.mp4"}}) + "\n")
     rows = ev.evaluate(str(tmp_path), clip_folder, "cpu")
     assert [(r["id"], r["variant"]) for r in rows] == [("solo", "iv_mix")]
     summary = ev.summarize(rows)
@@ -151,13 +137,15 @@ def test_iv_mix_only_and_unreadable_videos(tmp_path, clip_folder):
     assert math.isnan(summary[ev.DIFFERENCE]["clip_score"])
     markdown = open(ev.write_markdown(rows, summary, str(tmp_path / "metrics.md"), "tiny")).read()
     assert "| solo | p | 1 | — |" in markdown
-    with open(ev.write_csv(rows, summary, str(tmp_path / "metrics.csv")), newline="") as f:
-        assert [r["variant"] for r in csv.DictReader(f)] == ["iv_mix", "standard", "iv_mix", ev.DIFFERENCE]
+    with open(ev.write_csv(rows, str(tmp_path / "metrics.csv")), newline="") as f:
+        assert [r["variant"] for r in csv.DictReader(f)] == ["iv_mix"]
+    with open(ev.write_summary_csv(summary, str(tmp_path / "metrics_summary.csv")), newline="") as f:
+        assert [r["variant"] for r in csv.DictReader(f)] == ["standard", "iv_mix", ev.DIFFERENCE]
 
 
 def one_line_error(stderr):
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("evaluate: error: "), stderr
+    assert len(lines) == 1 and lines[0].startswith("python -m ivmixed.evaluate: error: "), stderr
     assert "Traceback" not in stderr
     return lines[0]
 
@@ -192,8 +180,23 @@ def test_usage_errors_exit_2(tmp_path, capsys, manifest, flags, message):
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_unloadable_clip_model_exits_1(tmp_path, capsys):
+def test_uncached_clip_model_offline_exits_1_naming_the_download(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     write_run(str(tmp_path), [{"id": "a", "prompt": "p", "seed": 1, "files": {"iv_mix": "a.gif"}}])
     assert ev.main([str(tmp_path), "--clip-model", "no-such-org/no-such-clip", "--device", "cpu"]) == 1
-    assert "--clip-model" in one_line_error(capsys.readouterr().err)
+    line = one_line_error(capsys.readouterr().err)
+    assert "`hf download no-such-org/no-such-clip`" in line and "--clip-model" in line and "HF_HUB_OFFLINE" in line
     assert not (tmp_path / "metrics.csv").exists()
+
+
+def test_tiny_clip_scores_a_tiny_run_offline(tmp_path):
+    from ivmixed.cli import main as generate
+
+    out = tmp_path / "out"
+    assert generate(["--tiny", "--prompt", "a cat", "--inference-step", "2", "--num-frames", "2",
+                     "--output-dir", str(out)]) == 0
+    result = subprocess.run([sys.executable, "-m", "ivmixed.evaluate", str(out), "--tiny", "--device", "cpu"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stderr
+    with open(out / "metrics.csv", newline="") as f:
+        assert sorted(r["variant"] for r in csv.DictReader(f)) == ["iv_mix", "standard"]

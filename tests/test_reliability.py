@@ -62,6 +62,19 @@ BAD_INPUTS = [
     (lambda tmp: ["--image-model", str(tmp / "no-folder")], "--image-model"),
     (lambda tmp: ["--output-dir", write(tmp / "a-file", "") + "/sub"], "cannot write to --output-dir"),
     (lambda tmp: ["--tiny", "--num-frames", "33", "--no-standard"], "more than the motion adapter supports (32)"),
+    (lambda tmp: ["--inference-step", "1001"], "--inference-step 1001 is more than the 1000 timesteps"),
+    (lambda tmp: ["--seed", str(2**64)], "--seed must be a whole number from 0 to 2**64 - 1"),
+    (lambda tmp: ["--seed", "-1"], "--seed must be a whole number from 0 to 2**64 - 1"),
+    (lambda tmp: ["--config", write(tmp / "c.yaml", "seed: 18446744073709551616\n")], "--seed must be a whole number"),
+    (lambda tmp: ["--config", write(tmp / "c.yaml", "fps: null\n")], "--fps is empty (null)"),
+    (lambda tmp: ["--config", write(tmp / "c.yaml", "seed: 1.9\n")], "--seed must be a whole number, got 1.9"),
+    (lambda tmp: ["--config", write(tmp / "c.yaml", "seed: true\n")], "--seed must be a whole number, got True"),
+    (lambda tmp: ["--no-standard", "--side-by-side"], "--side-by-side compares with the standard video"),
+    (lambda tmp: ["--pipeline", "ModelScope", "--lora-target", "video"], "the ModelScope video model cannot take a LoRA"),
+    (lambda tmp: ["--height", "8192", "--width", "8192", "--num-frames", "64"], "far more than any GPU can sample"),
+    (lambda tmp: ["--device", "gpu0"], "--device 'gpu0' is not a torch device"),
+    (lambda tmp: ["--prompt-file", write(tmp / "p.jsonl", '{"prompt": "a", "negative_prompt": 3}\n')],
+     "negative_prompt must be text"),
 ]
 
 
