@@ -9,6 +9,7 @@ from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, UNet2DC
 
 from ..loading import loading
 from .common import IVMixedSamplingMixin, call_arguments, guided_predictor, per_frame_predictor
+from .long_video import check_free_noise_frames, encode_frame_prompts, frames_per_image_call, uses_frame_prompts
 
 DEFAULT_VIDEO_MODEL = "SG161222/Realistic_Vision_V5.1_noVAE"
 DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-3"
@@ -68,13 +69,13 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: Union[str, List[str], None] = None,
+        prompt: Union[str, List[str], Dict[int, str], None] = None,
         num_frames: int = 16,
         height: Optional[int] = None,
         width: Optional[int] = None,
         num_inference_steps: int = 50,
         guidance_scale: float = 7.5,
-        negative_prompt: Union[str, List[str], None] = None,
+        negative_prompt: Union[str, List[str], Dict[int, str], None] = None,
         eta: float = 0.0,
         generator: Union[torch.Generator, List[torch.Generator], None] = None,
         latents: Optional[torch.Tensor] = None,
@@ -100,20 +101,43 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
     ):
         """Generate a video; the IV-mixed keywords are those of :class:`ivmixed.IVMixedSettings`.
 
-        ``image_batch_size`` caps the frames per image-UNet call (default: all frames in one call); a smaller
-        value bounds memory and gives the same result within float tolerance.
+        ``image_batch_size`` caps the frames per image-UNet call; a smaller value bounds memory and gives the same
+        result within float tolerance. The default is all frames in one call up to 32 frames, and calls of 16
+        frames above that (long videos).
+
+        Long videos and prompt travel: with ``pipe.enable_free_noise(context_length, context_stride)`` the motion
+        modules run over sliding windows (diffusers' FreeNoise), and ``prompt`` (and ``negative_prompt``) may be a
+        schedule ``{frame_index: prompt}`` starting at frame 0, as in diffusers' AnimateDiff; a schedule also works
+        without FreeNoise. Every frame gets its own interpolated embedding, and the image model conditions each
+        frame on the same embedding as the video model. One guided video call covers all windows, so the network
+        call counts are those of :func:`ivmixed.count_network_calls` whatever the windows.
         """
         return self._generate(**call_arguments(locals()))
+
+    def _encode_video_prompt(self, prompt, negative_prompt, num_frames, device, with_uncond, prompt_embeds,
+                             negative_prompt_embeds, lora_scale, clip_skip) -> torch.Tensor:
+        """Prompt schedules and FreeNoise calls get diffusers' per-frame encoding; the rest the ordinary one."""
+        check_free_noise_frames(self, num_frames)
+        if uses_frame_prompts(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds):
+            return encode_frame_prompts(self, prompt, negative_prompt, num_frames, device, with_uncond, lora_scale,
+                                        clip_skip)
+        return super()._encode_video_prompt(
+            prompt, negative_prompt, num_frames, device, with_uncond, prompt_embeds, negative_prompt_embeds,
+            lora_scale, clip_skip,
+        )
 
     def _video_embeds(self, embeds: torch.Tensor, num_frames: int) -> torch.Tensor:
         # One embedding per frame: the motion UNet expects it, and the image UNet sees frames as images.
         return embeds.repeat_interleave(repeats=num_frames, dim=0)
 
     def _image_predictor(self, *, video_embeds, with_uncond, image_batch_size, cross_attention_kwargs, **_):
-        """The image UNet shares the video model's CLIP-L text encoder, so it takes the same embeddings."""
+        """The image UNet shares the video model's CLIP-L text encoder, so it takes the same embeddings: each half
+        of ``video_embeds`` is laid out ``(b f)`` like the frames of the per-frame view, one embedding per frame."""
+        frames = video_embeds.shape[0] // (2 if with_uncond else 1)
         return per_frame_predictor(
             guided_predictor(self.image_unet, video_embeds.to(self.image_unet.dtype), with_uncond,
-                             max_batch=image_batch_size, cross_attention_kwargs=cross_attention_kwargs)
+                             max_batch=frames_per_image_call(image_batch_size, frames),
+                             cross_attention_kwargs=cross_attention_kwargs)
         )
 
     def _decode_latents(self, latents: torch.Tensor, decode_chunk_size: int) -> torch.Tensor:

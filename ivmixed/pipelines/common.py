@@ -211,6 +211,19 @@ class IVMixedSamplingMixin:
         """The ``[uncond; cond]`` embeddings laid out as the video UNet takes them."""
         return embeds
 
+    def _encode_video_prompt(self, prompt, negative_prompt, num_frames, device, with_uncond, prompt_embeds,
+                             negative_prompt_embeds, lora_scale, clip_skip) -> torch.Tensor:
+        """Encode the prompts: the ``[uncond; cond]`` embeddings (just ``cond`` without ``with_uncond``) laid out
+        as the video UNet takes them."""
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt, device, 1, with_uncond, negative_prompt,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            lora_scale=lora_scale, clip_skip=clip_skip,
+        )
+        if with_uncond:
+            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
+        return self._video_embeds(prompt_embeds, num_frames)
+
     def _video_unet_kwargs(self) -> Dict:
         """Extra keywords of every video UNet call (VideoCrafter's fps)."""
         return {}
@@ -249,7 +262,7 @@ class IVMixedSamplingMixin:
         self._clip_skip = clip_skip
         self._cross_attention_kwargs = cross_attention_kwargs
         self._interrupt = False
-        if isinstance(prompt, str):
+        if isinstance(prompt, (str, dict)):  # a dict is one video's prompt schedule {frame: prompt}
             batch_size = 1
         elif isinstance(prompt, list):
             batch_size = len(prompt)
@@ -260,14 +273,10 @@ class IVMixedSamplingMixin:
         # The zigzag's negative-guidance inversions need the unconditional half even when guidance_scale <= 1.
         with_uncond = guidance_scale > 1.0 or settings is not None
         lora_scale = cross_attention_kwargs.get("scale") if cross_attention_kwargs else None
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt, device, 1, with_uncond, negative_prompt,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-            lora_scale=lora_scale, clip_skip=clip_skip,
+        video_embeds = self._encode_video_prompt(
+            prompt, negative_prompt, num_frames, device, with_uncond, prompt_embeds, negative_prompt_embeds,
+            lora_scale, clip_skip,
         )
-        if with_uncond:
-            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
-        video_embeds = self._video_embeds(prompt_embeds, num_frames)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         self._num_timesteps = len(self.scheduler.timesteps)
