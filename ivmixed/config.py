@@ -91,6 +91,11 @@ class RunConfig:
     guidance_scale: float = _setting(7.5, "classifier-free guidance of the main steps (default: the pipeline's)", WHAT,
                                      _finite_at_least_0)
     fps_condition: int = _setting(24, "VideoCrafter: the frame rate its UNet is conditioned on", WHAT, _at_least(1))
+    context_length: Optional[int] = _setting(
+        None, "Animatediff: frames per context window (FreeNoise); windows switch on by themselves when "
+        "num_frames is more than the motion adapter takes (16 then)", WHAT, _at_least(1))
+    context_stride: Optional[int] = _setting(None, "Animatediff: frames between the starts of context windows "
+                                             "(4 when windows are on)", WHAT, _at_least(1))
     reference_compat: bool = _setting(False, "reproduce the published implementation's per-pipeline details "
                                       "(see the README's table); at most 50 steps", WHAT)
     iv_mixed: IVMixedSettings = field(default_factory=IVMixedSettings)
@@ -322,14 +327,14 @@ def check(config: RunConfig) -> None:
     if config.prompt is None and config.prompt_file is None:
         raise ConfigError("a prompt is required: give {prompt} or {prompt_file}")
     spec = config.spec
-    for key in ("motion_adapter", "unet", "fps_condition"):
+    only = {key for p in PIPELINES.values() for key in p.options} | set(CHECKPOINT_KEYS)
+    for key in sorted(only):
         value = getattr(config, key)
         if key in CHECKPOINT_KEYS:
             takes = any(c.key == key for c in spec.checkpoints)
-            set_here = value is not None
         else:
             takes = key in spec.options
-            set_here = value != SETTINGS[key].default
+        set_here = value is not None and value != SETTINGS[key].default
         if set_here and not takes:
             owner = next(p.name for p in PIPELINES.values() if key in p.options or any(c.key == key for c in p.checkpoints))
             raise ConfigError(f"{{{key}}} applies to {{pipeline}} {owner} only")

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from .config import RunConfig
 from .prompts import Job
@@ -51,7 +51,8 @@ def model_identity(config: RunConfig) -> Dict[str, str]:
             for key, source in config.model_sources().items()}
 
 
-def identities(config: RunConfig, job: Job, lora: Optional[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+def identities(config: RunConfig, job: Job, lora: Optional[Dict[str, Any]],
+               context: Optional[Tuple[int, int]] = None) -> Dict[str, Dict[str, Any]]:
     """What the standard and the IV-mixed video of ``job`` are made from (``config`` resolved: dtype set)."""
     standard = {
         "prompt": job.prompt,
@@ -70,6 +71,8 @@ def identities(config: RunConfig, job: Job, lora: Optional[Dict[str, Any]]) -> D
         "fps": config.fps,
         **{key: getattr(config, key) for key in config.spec.standard_options},
     }
+    if context is not None:
+        standard["context_windows"] = list(context)
     iv_mixed = {**standard, "iv_mixed": asdict(config.iv_mixed.resolved(config.inference_step)),
                 "reference_compat": config.reference_compat}
     return {"standard": standard, "iv_mix": iv_mixed}
@@ -96,8 +99,9 @@ class OutputSet:
         return self.files["record"][: -len(".json")]
 
 
-def output_set(config: RunConfig, job: Job, lora: Optional[Dict[str, Any]]) -> OutputSet:
-    ids = identities(config, job, lora)
+def output_set(config: RunConfig, job: Job, lora: Optional[Dict[str, Any]],
+               context: Optional[Tuple[int, int]] = None) -> OutputSet:
+    ids = identities(config, job, lora, context)
     full, standard = fingerprint(ids["iv_mix"]), fingerprint(ids["standard"])
     prefix, fmt = job.prefix(config.pipeline), config.format
     stem = f"{prefix}_{full[:SHORT]}"

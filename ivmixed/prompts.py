@@ -26,6 +26,14 @@ class Job:
     id: Optional[str] = None
     where: Optional[str] = None
 
+    def schedule(self, num_frames: int):
+        """The prompt as ``{frame: prompt}`` when it is written as a schedule (``"0: ... | 24: ..."``), else None."""
+        from .prompt_schedule import is_prompt_schedule, parse_prompt_schedule
+
+        if not is_prompt_schedule(self.prompt):
+            return None
+        return parse_prompt_schedule(self.prompt, num_frames)
+
     def prefix(self, pipeline: str) -> str:
         """The readable start of its file names: ``<id or prompt slug>_<seed>_<pipeline>``."""
         return f"{slugify(self.id) if self.id else slugify(self.prompt)}_{self.seed}_{pipeline}"
@@ -68,6 +76,13 @@ def _text_field(row: dict, key: str, where: str) -> Optional[str]:
 
 def _row_to_job(row: dict, where: str, seed: int, negative_prompt: Optional[str]) -> Job:
     prompt = row.get("prompt")
+    if isinstance(prompt, dict):  # a prompt schedule {"0": "...", "24": "..."}
+        from .prompt_schedule import describe_schedule, prompt_schedule_from_mapping
+
+        try:
+            prompt = describe_schedule(prompt_schedule_from_mapping(prompt))
+        except ValueError as exc:
+            raise SettingError(f"{where}: {exc}") from None
     if not isinstance(prompt, str) or not prompt.strip():
         raise SettingError(f"{where}: missing or empty 'prompt'")
     raw_seed = row.get("seed")

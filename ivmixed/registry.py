@@ -40,6 +40,8 @@ class PipelineSpec:
     video_lora: bool = False
     scheduler: str = "DDIM"
     train_timesteps: int = 1000  # the schedulers' num_train_timesteps: at most this many inference steps
+    # Whether prompts may change over the clip ({frame: prompt} schedules).
+    prompt_schedules: bool = False
     # Settings that change the standard (baseline) video too, beyond the ones every pipeline shares.
     standard_options: Tuple[str, ...] = field(default=())
 
@@ -97,7 +99,9 @@ ANIMATEDIFF = PipelineSpec(
         Checkpoint("image_model", "image model", SD15, "unet/config.json"),
     ),
     defaults={"height": 512, "width": 512, "guidance_scale": 7.5, "zz": 1000},
+    options=("context_length", "context_stride"),
     video_lora=True,
+    prompt_schedules=True,
 )
 MODELSCOPE = PipelineSpec(
     name="ModelScope",

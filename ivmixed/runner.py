@@ -201,10 +201,9 @@ class Runner:
         config = self.config
         jobs = plan_jobs(config) if jobs is None else jobs
         check_output_dir(config.output_dir)
-        limit = config.spec.max_frames(config.model_sources(), config.tiny)
-        if limit is not None and config.num_frames > limit:
-            raise SettingError(f"{{num_frames}} {config.num_frames} is more than the motion adapter supports ({limit}); "
-                               f"use at most {limit} frames")
+        self.context = self._context_windows()
+        for job in jobs:
+            self._check_prompt(job)
         try:
             lora = lora_identity(config)
         except (OSError, ValueError) as exc:
@@ -212,7 +211,7 @@ class Runner:
         done = self.manifest.records()
         todo, finished, seen = [], 0, set()
         for job in jobs:
-            outputs = output_set(config, job, lora)
+            outputs = output_set(config, job, lora, self.context)
             if outputs.fingerprint in seen:
                 continue
             seen.add(outputs.fingerprint)
@@ -222,6 +221,34 @@ class Runner:
             else:
                 finished += 1
         return Plan(jobs, todo, finished, len(jobs) - len(seen))
+
+    def _context_windows(self):
+        """``(length, stride)`` of FreeNoise's context windows for this run, or None (see
+        :func:`ivmixed.prompt_schedule.context_settings`)."""
+        import re
+
+        from .prompt_schedule import context_settings
+
+        config = self.config
+        limit = config.spec.max_frames(config.model_sources(), config.tiny)
+        if limit is None:
+            return None
+        try:
+            return context_settings(config.num_frames, limit, config.context_length, config.context_stride)
+        except ValueError as exc:
+            raise SettingError(re.sub(r"\b(context_length|context_stride|num_frames)\b", r"{\1}", str(exc))) from None
+
+    def _check_prompt(self, job: Job) -> None:
+        from .errors import quote
+
+        where = f"{job.where}: " if job.where else ""
+        try:
+            schedule = job.schedule(self.config.num_frames)
+        except ValueError as exc:
+            raise SettingError(f"{where}{quote(str(exc))[1:-1]}") from None
+        if schedule is not None and not self.config.spec.prompt_schedules:
+            raise SettingError(f"{where}prompt schedules (\"0: ... | 24: ...\") work with {{pipeline}} Animatediff only; "
+                               f"{self.config.pipeline} takes one prompt per video")
 
     def _missing(self, outputs: OutputSet, record: Optional[dict]) -> List[str]:
         wanted = [kind for kind in outputs.files if kind != "record"]
@@ -247,6 +274,9 @@ class Runner:
         self.report = RunReport(skipped=plan.finished, planned=len(plan.todo) + plan.finished)
         if is_main:
             self._log_plan(plan)
+            if self.context is not None and plan.todo:
+                logger.info("%d frames: sampling in context windows of %d frames, stride %d (FreeNoise)",
+                            config.num_frames, *self.context)
         mine = plan.todo
         if state is not None:
             state.wait_for_everyone()  # everyone has read the manifest before anyone appends to it
@@ -286,8 +316,9 @@ class Runner:
                 pipeline._interrupt = True
             return {}
 
+        schedule = job.schedule(config.num_frames)
         kwargs = dict(
-            prompt=job.prompt,
+            prompt=schedule if schedule is not None else job.prompt,
             negative_prompt=job.negative_prompt,
             num_frames=config.num_frames,
             height=config.height,
@@ -320,6 +351,7 @@ class Runner:
         frames: Dict[str, Any] = {}
         calls: Dict[str, Dict[str, int]] = {}
         timings: Dict[str, float] = {}
+        self._set_context_windows(loaded.pipe)
         for kind in VIDEO_KINDS:
             if kind not in item.make:
                 continue
@@ -352,6 +384,17 @@ class Runner:
         self.manifest.append(manifest_entry(record))
         return record
 
+    def _set_context_windows(self, pipe) -> None:
+        """Switch FreeNoise's context windows on (or off) to match this run; the pipeline may be reused."""
+        enabled = getattr(pipe, "free_noise_enabled", False)
+        if self.context is None:
+            if enabled:
+                pipe.disable_free_noise()
+            return
+        length, stride = self.context
+        if not enabled or (pipe._free_noise_context_length, pipe._free_noise_context_stride) != (length, stride):
+            pipe.enable_free_noise(context_length=length, context_stride=stride)
+
     def _record(self, loaded: LoadedPipeline, outputs: OutputSet, calls, timings) -> Dict[str, Any]:
         config, job = self.config, outputs.job
         previous = self._previous_record(outputs)
@@ -382,6 +425,8 @@ class Runner:
             **loaded.info,
             "device": config.device,
             "dtype": config.dtype,
+            "context_windows": None if self.context is None else
+            {"length": self.context[0], "stride": self.context[1], "method": "FreeNoise"},
             "network_calls": calls,
             "expected_network_calls": expected,
             "timings": timings,
