@@ -113,12 +113,14 @@ def sample_iv_mixed(
     step_kwargs: Optional[Dict] = None,
     callback: Optional[StepCallback] = None,
     progress_bar: Callable[[int], ContextManager] = _tqdm_bar,
+    should_stop: Optional[Callable[[], bool]] = None,
 ) -> torch.Tensor:
     """Run the main scheduler's steps over ``x``, with the IV-mixed zigzag before each step in the interval.
 
     ``scheduler`` must already have its timesteps set; its ``alphas_cumprod`` drive the zigzag moves.
     ``settings=None`` gives the standard sampler (one guided video call per step). ``callback(i, t, x)``
-    runs after every step and may return replacement latents.
+    runs after every step and may return replacement latents. ``should_stop()`` is asked before every step;
+    once true the loop ends and the latents are returned as they are (diffusers' ``interrupt``).
     """
     timesteps = scheduler.timesteps
     num_steps = len(timesteps)
@@ -137,6 +139,8 @@ def sample_iv_mixed(
 
     with progress_bar(num_steps) as bar:
         for i, t in enumerate(timesteps):
+            if should_stop is not None and should_stop():
+                break
             if settings is not None and settings.in_interval(i):
                 x = _zigzag(
                     x, int(t), stride, abar, video_model, image_model if settings.uses_image_model(i) else None,

@@ -8,11 +8,13 @@ import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, UNet2DConditionModel
 
 from ..loading import loading
-from .common import IVMixedSamplingMixin, call_arguments, guided_predictor, per_frame_predictor
+from ..registry import PIPELINES as SPECS
+from .common import IVMixedSamplingMixin, guided_predictor, per_frame_predictor
 
-DEFAULT_VIDEO_MODEL = "SG161222/Realistic_Vision_V5.1_noVAE"
-DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-3"
-DEFAULT_IMAGE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SPEC = SPECS["Animatediff"]
+DEFAULT_VIDEO_MODEL = SPEC.checkpoint("video_model").default
+DEFAULT_MOTION_ADAPTER = SPEC.checkpoint("motion_adapter").default
+DEFAULT_IMAGE_MODEL = SPEC.checkpoint("image_model").default
 DDIM_SETTINGS = {"clip_sample": False, "timestep_spacing": "linspace", "steps_offset": 1}
 
 
@@ -26,7 +28,7 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
     # With model offload, calling a component offloads the one before it. IV-mixed alternates the two UNets,
     # so the one listed first moves on every switch: the image UNet, the smaller of the two.
     model_cpu_offload_seq = "text_encoder->image_encoder->image_unet->unet->vae"
-    _callback_tensor_inputs = ["latents"]
+    default_zz = SPEC.defaults["zz"]
 
     def __init__(
         self,
@@ -90,7 +92,7 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
         iv_mixed: bool = True,
         interval_begin: int = 0,
         interval_end: Optional[int] = None,
-        zz: int = 1000,
+        zz: Optional[int] = None,
         i_sigma_begin: float = 4.0,
         i_sigma_end: float = 4.0,
         v_sigma_begin: float = 4.0,
@@ -98,12 +100,26 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
         rho: float = 7.0,
         image_batch_size: Optional[int] = None,
     ):
-        """Generate a video; the IV-mixed keywords are those of :class:`ivmixed.IVMixedSettings`.
+        """Generate a video; the IV-mixed keywords are those of :class:`ivmixed.IVMixedSettings` (``zz=None``: the
+        pipeline's preset, ``default_zz``).
 
         ``image_batch_size`` caps the frames per image-UNet call (default: all frames in one call); a smaller
-        value bounds memory and gives the same result within float tolerance.
+        value bounds memory and gives the same result within float tolerance. ``callback_on_step_end`` may read
+        and replace ``latents``, ``prompt_embeds`` (the ``[uncond; cond]`` per-frame embeddings both UNets take)
+        and ``negative_prompt_embeds``, as in diffusers' AnimateDiff; setting ``pipe._interrupt = True`` ends the
+        loop early. Returns :class:`IVMixedPipelineOutput`, or ``(frames, network_calls)`` when ``return_dict=False``.
         """
-        return self._generate(**call_arguments(locals()))
+        return self._generate(
+            prompt=prompt, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, negative_prompt=negative_prompt, eta=eta, generator=generator,
+            latents=latents, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            output_type=output_type, return_dict=return_dict, cross_attention_kwargs=cross_attention_kwargs,
+            clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            settings=self._iv_mixed_settings(iv_mixed, interval_begin, interval_end, zz, i_sigma_begin, i_sigma_end,
+                                             v_sigma_begin, v_sigma_end, rho),
+            image_batch_size=image_batch_size, decode_chunk_size=decode_chunk_size,
+        )
 
     def _video_embeds(self, embeds: torch.Tensor, num_frames: int) -> torch.Tensor:
         # One embedding per frame: the motion UNet expects it, and the image UNet sees frames as images.
@@ -112,7 +128,7 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
     def _image_predictor(self, *, video_embeds, with_uncond, image_batch_size, cross_attention_kwargs, **_):
         """The image UNet shares the video model's CLIP-L text encoder, so it takes the same embeddings."""
         return per_frame_predictor(
-            guided_predictor(self.image_unet, video_embeds.to(self.image_unet.dtype), with_uncond,
+            guided_predictor(self.image_unet, lambda: video_embeds().to(self.image_unet.dtype), with_uncond,
                              max_batch=image_batch_size, cross_attention_kwargs=cross_attention_kwargs)
         )
 

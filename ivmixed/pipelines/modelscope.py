@@ -9,13 +9,15 @@ from diffusers import DDIMScheduler
 from diffusers.utils import logging
 
 from ..loading import loading
+from ..registry import PIPELINES as SPECS
 from .animatediff import DDIM_SETTINGS
 from .text_to_video import IVMixedTextToVideoPipeline, load_image_components
 
 logger = logging.get_logger(__name__)
 
-DEFAULT_VIDEO_MODEL = "ali-vilab/text-to-video-ms-1.7b"
-DEFAULT_IMAGE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SPEC = SPECS["ModelScope"]
+DEFAULT_VIDEO_MODEL = SPEC.checkpoint("video_model").default
+DEFAULT_IMAGE_MODEL = SPEC.checkpoint("image_model").default
 
 
 class IVMixedModelScopePipeline(IVMixedTextToVideoPipeline):
@@ -25,6 +27,8 @@ class IVMixedModelScopePipeline(IVMixedTextToVideoPipeline):
     predictions are made on frames resized (nearest) to its sample size and resized back.
     With ``iv_mixed=False`` a call is diffusers' stock text-to-video sampling.
     """
+
+    default_zz = SPEC.defaults["zz"]
 
     @classmethod
     def from_checkpoints(
