@@ -43,7 +43,8 @@ def frames_of(out):
 
 
 def test_animatediff_lists_the_stock_callback_tensors():
-    assert IVMixedAnimateDiffPipeline._callback_tensor_inputs == AnimateDiffPipeline._callback_tensor_inputs == ALL_TENSORS
+    assert AnimateDiffPipeline._callback_tensor_inputs == ALL_TENSORS
+    assert IVMixedAnimateDiffPipeline._callback_tensor_inputs == ALL_TENSORS
 
 
 def test_callback_reads_and_replaces_tensors_as_in_stock_animatediff(animatediff_pipe):
@@ -103,7 +104,8 @@ def test_replaced_prompt_embeds_drive_the_later_video_steps(modelscope_pipe):
     pos_a, neg = pipe.encode_prompt("a red fox", "cpu", 1, True, "blurry")
     pos_b, _ = pipe.encode_prompt("a blue car", "cpu", 1, True, "blurry")
     embeds_a, embeds_b = torch.cat([neg, pos_a]), torch.cat([neg, pos_b])
-    latents = torch.randn(1, 4, FRAMES, VIDEO_LATENT_SIZE, VIDEO_LATENT_SIZE, generator=torch.Generator().manual_seed(4))
+    side = VIDEO_LATENT_SIZE
+    latents = torch.randn(1, 4, FRAMES, side, side, generator=torch.Generator().manual_seed(4))
     seen = []
 
     def swap(p, i, t, tensors):
@@ -120,7 +122,8 @@ def test_replaced_prompt_embeds_drive_the_later_video_steps(modelscope_pipe):
     x = latents.clone()
     with torch.no_grad():
         for i, t in enumerate(sched.timesteps):
-            u, c = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=embeds_a if i == 0 else embeds_b).sample.chunk(2)
+            embeds = embeds_a if i == 0 else embeds_b
+            u, c = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=embeds).sample.chunk(2)
             x = sched.step(u + 9.0 * (c - u), t, x).prev_sample
     assert torch.equal(out.frames, x)
 

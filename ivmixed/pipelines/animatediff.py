@@ -9,6 +9,7 @@ from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, UNet2DC
 
 from ..loading import loading
 from ..registry import PIPELINES as SPECS
+from ..sampler import ReferenceCompat
 from .common import IVMixedSamplingMixin, guided_predictor, per_frame_predictor
 
 SPEC = SPECS["Animatediff"]
@@ -29,6 +30,8 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
     # so the one listed first moves on every switch: the image UNet, the smaller of the two.
     model_cpu_offload_seq = "text_encoder->image_encoder->image_unet->unet->vae"
     default_zz = SPEC.defaults["zz"]
+    # The published AnimateDiff code let M see x_t labelled t1 and the video model x_t1 labelled t.
+    reference_compat_options = ReferenceCompat(swap_first_moves=True)
 
     def __init__(
         self,
@@ -99,6 +102,7 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
         v_sigma_end: float = 4.0,
         rho: float = 7.0,
         image_batch_size: Optional[int] = None,
+        reference_compat: bool = False,
     ):
         """Generate a video; the IV-mixed keywords are those of :class:`ivmixed.IVMixedSettings` (``zz=None``: the
         pipeline's preset, ``default_zz``).
@@ -107,7 +111,9 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
         value bounds memory and gives the same result within float tolerance. ``callback_on_step_end`` may read
         and replace ``latents``, ``prompt_embeds`` (the ``[uncond; cond]`` per-frame embeddings both UNets take)
         and ``negative_prompt_embeds``, as in diffusers' AnimateDiff; setting ``pipe._interrupt = True`` ends the
-        loop early. Returns :class:`IVMixedPipelineOutput`, or ``(frames, network_calls)`` when ``return_dict=False``.
+        loop early. ``reference_compat=True`` reproduces the published code where it departs from the design (see
+        :class:`ivmixed.sampler.ReferenceCompat`; at most 50 steps). Returns :class:`IVMixedPipelineOutput`, or
+        ``(frames, network_calls)`` when ``return_dict=False``.
         """
         return self._generate(
             prompt=prompt, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
@@ -118,7 +124,7 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             settings=self._iv_mixed_settings(iv_mixed, interval_begin, interval_end, zz, i_sigma_begin, i_sigma_end,
                                              v_sigma_begin, v_sigma_end, rho),
-            image_batch_size=image_batch_size, decode_chunk_size=decode_chunk_size,
+            image_batch_size=image_batch_size, reference_compat=reference_compat, decode_chunk_size=decode_chunk_size,
         )
 
     def _video_embeds(self, embeds: torch.Tensor, num_frames: int) -> torch.Tensor:

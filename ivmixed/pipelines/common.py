@@ -15,7 +15,7 @@ from diffusers.utils import BaseOutput
 from einops import rearrange
 
 from ..guidance import combine_guidance
-from ..sampler import IVMixedSettings, NoisePredictor, sample_iv_mixed
+from ..sampler import IVMixedSettings, NoisePredictor, ReferenceCompat, image_model_needed, sample_iv_mixed
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +143,8 @@ class IVMixedSamplingMixin:
     """
 
     default_zz = IVMixedSettings.zz
+    # The published code's deviations from section 1 that ``reference_compat=True`` reproduces.
+    reference_compat_options = ReferenceCompat()
     # Pixel size when the UNet's config has no sample_size.
     fallback_height = 256
     fallback_width = 256
@@ -160,7 +162,12 @@ class IVMixedSamplingMixin:
         if not iv_mixed:
             return None
         zz = self.default_zz if zz is None else zz
-        return IVMixedSettings(interval_begin, interval_end, zz, i_sigma_begin, i_sigma_end, v_sigma_begin, v_sigma_end, rho)
+        return IVMixedSettings(interval_begin, interval_end, zz, i_sigma_begin, i_sigma_end, v_sigma_begin, v_sigma_end,
+                               rho)
+
+    def _reference_compat(self) -> ReferenceCompat:
+        """:attr:`reference_compat_options` completed with what only the loaded components tell."""
+        return self.reference_compat_options
 
     def _video_embeds(self, embeds: torch.Tensor, num_frames: int) -> torch.Tensor:
         """The ``[uncond; cond]`` embeddings laid out as the video UNet takes them."""
@@ -182,7 +189,8 @@ class IVMixedSamplingMixin:
         self, *, prompt, num_frames, height, width, num_inference_steps, guidance_scale, negative_prompt, eta,
         generator, latents, prompt_embeds, negative_prompt_embeds, output_type, return_dict, cross_attention_kwargs,
         clip_skip, callback_on_step_end, callback_on_step_end_tensor_inputs, settings: Optional[IVMixedSettings],
-        image_batch_size, decode_chunk_size=16, video_unet_kwargs: Optional[Dict] = None,
+        image_batch_size, reference_compat: bool = False, decode_chunk_size=16,
+        video_unet_kwargs: Optional[Dict] = None,
     ):
         default_height, default_width = self._default_size()
         height, width = height or default_height, width or default_width
@@ -191,9 +199,12 @@ class IVMixedSamplingMixin:
             None, None, callback_on_step_end_tensor_inputs,
         )
         check_image_batch_size(image_batch_size)
+        compat = self._reference_compat() if reference_compat else None
         if settings is not None:
             settings = settings.resolved(num_inference_steps)
-        with_image_model = settings is not None and settings.image_model_needed()
+            if compat is not None:
+                compat.check(num_inference_steps)
+        with_image_model = settings is not None and image_model_needed(settings, compat)
         if with_image_model:
             self._check_image_model(prompt)
         self._guidance_scale = guidance_scale
@@ -255,6 +266,7 @@ class IVMixedSamplingMixin:
             video_predictor, image_predictor, latents, self.scheduler, guidance_scale, settings,
             step_kwargs=self.prepare_extra_step_kwargs(generator, eta), callback=on_step_end,
             progress_bar=lambda total: self.progress_bar(total=total), should_stop=lambda: self.interrupt,
+            reference_compat=compat,
         )
 
         if output_type == "latent":

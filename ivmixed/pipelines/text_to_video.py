@@ -156,6 +156,7 @@ class IVMixedTextToVideoPipeline(
         v_sigma_end: float = 4.0,
         rho: float = 7.0,
         image_batch_size: Optional[int] = None,
+        reference_compat: bool = False,
     ):
         """Generate a video; the IV-mixed keywords are those of :class:`ivmixed.IVMixedSettings`.
 
@@ -165,7 +166,8 @@ class IVMixedTextToVideoPipeline(
         ``height``/``width`` default to the UNet's sample size (times the VAE's scale), ``zz`` to the pipeline's
         preset ``default_zz``. ``callback_on_step_end`` may read and replace ``latents``, ``prompt_embeds`` (the
         video UNet's ``[uncond; cond]`` embeddings) and ``negative_prompt_embeds``; setting
-        ``pipe._interrupt = True`` ends the loop early. Returns :class:`IVMixedPipelineOutput` (``frames`` as
+        ``pipe._interrupt = True`` ends the loop early. ``reference_compat=True`` reproduces the published code
+        where it departs from the design (see :class:`ivmixed.sampler.ReferenceCompat`; at most 50 steps). Returns :class:`IVMixedPipelineOutput` (``frames`` as
         ``output_type``, plus the number of guided network calls per model), or ``(frames, network_calls)`` when
         ``return_dict=False``.
         """
@@ -178,7 +180,7 @@ class IVMixedTextToVideoPipeline(
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             settings=self._iv_mixed_settings(iv_mixed, interval_begin, interval_end, zz, i_sigma_begin, i_sigma_end,
                                              v_sigma_begin, v_sigma_end, rho),
-            image_batch_size=image_batch_size,
+            image_batch_size=image_batch_size, reference_compat=reference_compat,
         )
 
     def _check_image_model(self, prompt) -> None:

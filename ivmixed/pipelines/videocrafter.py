@@ -10,6 +10,7 @@ from diffusers import DPMSolverMultistepScheduler
 from ..loading import loading
 from ..models import VideoCrafterUNet3DConditionModel
 from ..registry import PIPELINES as SPECS
+from ..sampler import ReferenceCompat
 from .text_to_video import IVMixedTextToVideoPipeline, load_image_components
 
 SPEC = SPECS["VideoCrafter"]
@@ -34,6 +35,9 @@ class IVMixedVideoCrafterPipeline(IVMixedTextToVideoPipeline):
     fallback_height = 320
     fallback_width = 512
     default_zz = SPEC.defaults["zz"]
+    # The published VideoCrafter code gave the video model the image weight where it took M's place, and stepped
+    # the main scheduler on per-frame latents (which places the SDE noise of a seeded generator differently).
+    reference_compat_options = ReferenceCompat(video_model_image_weight=True, per_frame_main_step=True)
 
     @classmethod
     def from_checkpoints(
@@ -90,10 +94,12 @@ class IVMixedVideoCrafterPipeline(IVMixedTextToVideoPipeline):
         v_sigma_end: float = 4.0,
         rho: float = 7.0,
         image_batch_size: Optional[int] = None,
+        reference_compat: bool = False,
         fps: int = DEFAULT_FPS,
     ):
         """:meth:`IVMixedTextToVideoPipeline.__call__` (guidance 9.0, ``zz=3`` by default) plus ``fps``, the
-        frame rate every video UNet call is conditioned on (VideoCrafter2 default 24)."""
+        frame rate every video UNet call is conditioned on (VideoCrafter2 default 24). ``reference_compat=True`` also
+        changes the standard video (``iv_mixed=False``): its main steps run on per-frame latents."""
         return self._generate(
             prompt=prompt, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, negative_prompt=negative_prompt, eta=eta, generator=generator,
@@ -103,5 +109,5 @@ class IVMixedVideoCrafterPipeline(IVMixedTextToVideoPipeline):
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             settings=self._iv_mixed_settings(iv_mixed, interval_begin, interval_end, zz, i_sigma_begin, i_sigma_end,
                                              v_sigma_begin, v_sigma_end, rho),
-            image_batch_size=image_batch_size, video_unet_kwargs={"fps": fps},
+            image_batch_size=image_batch_size, reference_compat=reference_compat, video_unet_kwargs={"fps": fps},
         )
