@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, ContextManager, Dict, List, Optional
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from tqdm.auto import tqdm
 
 from .errors import SettingError
@@ -103,6 +105,60 @@ def _tqdm_bar(total: int) -> ContextManager:
     return tqdm(total=total)
 
 
+@dataclass(frozen=True)
+class ReferenceCompat:
+    """Where the published code departs from section 1, one switch per deviation.
+
+    Each pipeline names the deviations its reference code had, so ``reference_compat=True`` reproduces that
+    code while the sampler stays free of pipeline names. ``ReferenceCompat(table_length=None)`` is section 1.
+    """
+
+    # Guidance tables of this many entries whatever the step count, indexed by step (None: N entries).
+    table_length: Optional[int] = 50
+    # Moves 1 and 2 swap timesteps: M at t1 moves abar(t1) -> abar(t1 - D), the video model at t abar(t) -> abar(t - D).
+    swap_first_moves: bool = False
+    # zz is ignored: the image model takes moves 1 and 3 on every zigzag step.
+    image_model_every_step: bool = False
+    # The image model's moves resize the whole latent (nearest) to this size, move there and resize back.
+    image_move_size: Optional[int] = None
+    # Where the video model takes M's place, moves 1 and 3 use the image model's weight.
+    video_model_image_weight: bool = False
+    # The main step sees per-frame latents ``(b f) c h w``, which places a stochastic scheduler's noise differently.
+    per_frame_main_step: bool = False
+
+    def check(self, num_steps: int) -> None:
+        if self.table_length is not None and num_steps > self.table_length:
+            raise SettingError(
+                f"{{reference_compat}} supports at most {self.table_length} inference steps (the published code's "
+                f"guidance tables have {self.table_length} entries), got {num_steps}"
+            )
+
+    def uses_image_model(self, settings: IVMixedSettings, step: int) -> bool:
+        return self.image_model_every_step or settings.uses_image_model(step)
+
+    def weights(self, begin: float, end: float, num_steps: int, rho: float) -> List[float]:
+        return guidance_schedule(begin, end, self.table_length or num_steps, rho)[:num_steps]
+
+
+SECTION_ONE = ReferenceCompat(table_length=None)
+
+
+def _compat(reference_compat: Optional[ReferenceCompat]) -> ReferenceCompat:
+    """The deviations to apply: none for ``None``; a bare ``True`` is refused, as it names none."""
+    if reference_compat is None or reference_compat is False:
+        return SECTION_ONE
+    if not isinstance(reference_compat, ReferenceCompat):
+        raise TypeError("reference_compat takes a ReferenceCompat (e.g. a pipeline's reference_compat_options), "
+                        f"got {reference_compat!r}")
+    return reference_compat
+
+
+def image_model_needed(settings: IVMixedSettings, reference_compat: Optional[ReferenceCompat] = None) -> bool:
+    """Whether any zigzag step of resolved ``settings`` moves with the image model."""
+    compat = _compat(reference_compat)
+    return any(compat.uses_image_model(settings, i) for i in settings.zigzag_steps())
+
+
 def sample_iv_mixed(
     video_model: NoisePredictor,
     image_model: Optional[NoisePredictor],
@@ -113,22 +169,28 @@ def sample_iv_mixed(
     step_kwargs: Optional[Dict] = None,
     callback: Optional[StepCallback] = None,
     progress_bar: Callable[[int], ContextManager] = _tqdm_bar,
+    should_stop: Optional[Callable[[], bool]] = None,
+    reference_compat: Optional[ReferenceCompat] = None,
 ) -> torch.Tensor:
     """Run the main scheduler's steps over ``x``, with the IV-mixed zigzag before each step in the interval.
 
     ``scheduler`` must already have its timesteps set; its ``alphas_cumprod`` drive the zigzag moves.
     ``settings=None`` gives the standard sampler (one guided video call per step). ``callback(i, t, x)``
-    runs after every step and may return replacement latents.
+    runs after every step and may return replacement latents. ``should_stop()`` is asked before every step;
+    once true the loop ends and the latents are returned as they are (diffusers' ``interrupt``).
+    ``reference_compat`` switches on the published code's deviations from section 1 (default: none).
     """
+    compat = _compat(reference_compat)
     timesteps = scheduler.timesteps
     num_steps = len(timesteps)
     step_kwargs = step_kwargs or {}
     if settings is not None:
         settings = settings.resolved(num_steps)
-        if image_model is None and settings.image_model_needed():
+        compat.check(num_steps)
+        if image_model is None and image_model_needed(settings, compat):
             raise ValueError("this zz and interval use the image model, but none was given")
-        image_weights = guidance_schedule(settings.i_sigma_begin, settings.i_sigma_end, num_steps, settings.rho)
-        video_weights = guidance_schedule(settings.v_sigma_begin, settings.v_sigma_end, num_steps, settings.rho)
+        image_weights = compat.weights(settings.i_sigma_begin, settings.i_sigma_end, num_steps, settings.rho)
+        video_weights = compat.weights(settings.v_sigma_begin, settings.v_sigma_end, num_steps, settings.rho)
         alphas: List[float] = scheduler.alphas_cumprod.double().tolist()
         stride = scheduler.config.num_train_timesteps // num_steps
 
@@ -137,13 +199,19 @@ def sample_iv_mixed(
 
     with progress_bar(num_steps) as bar:
         for i, t in enumerate(timesteps):
+            if should_stop is not None and should_stop():
+                break
             if settings is not None and settings.in_interval(i):
                 x = _zigzag(
-                    x, int(t), stride, abar, video_model, image_model if settings.uses_image_model(i) else None,
-                    video_weights[i], image_weights[i],
+                    x, int(t), stride, abar, video_model,
+                    image_model if compat.uses_image_model(settings, i) else None,
+                    video_weights[i], image_weights[i], compat,
                 )
             eps = video_model(scheduler.scale_model_input(x, t), t, guidance_scale)
-            x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
+            if compat.per_frame_main_step:
+                x = _per_frame_step(scheduler, eps, t, x, step_kwargs)
+            else:
+                x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
             if callback is not None:
                 replaced = callback(i, t, x)
                 if replaced is not None:
@@ -152,25 +220,62 @@ def sample_iv_mixed(
     return x
 
 
-def _zigzag(x, t, stride, abar, video_model, image_model, w_video, w_image):
+def _zigzag(x, t, stride, abar, video_model, image_model, w_video, w_image, compat):
     """Section 1's four moves: M denoises, the VDM denoises, M inverts, the VDM inverts."""
-    model, w_model = (image_model, w_image) if image_model is not None else (video_model, w_video)
+    if image_model is not None:
+        model, w_model, size = image_model, w_image, compat.image_move_size
+    else:
+        model, w_model, size = video_model, (w_image if compat.video_model_image_weight else w_video), None
     t1, t2 = max(t - stride, 0), max(t - 2 * stride, 0)
-    x = ddim_move(x, model(x, t, w_model), abar(t), abar(t - stride))
-    x = ddim_move(x, video_model(x, t1, w_video), abar(t1), abar(t1 - stride))
-    x = ddim_move(x, model(x, t2, -w_model), abar(t1 - stride), abar(t1))
-    x = ddim_move(x, video_model(x, t1, -w_video), abar(t - stride), abar(t))
+    if compat.swap_first_moves:
+        x = _move(model, x, t1, w_model, abar(t1), abar(t1 - stride), size)
+        x = _move(video_model, x, t, w_video, abar(t), abar(t - stride))
+    else:
+        x = _move(model, x, t, w_model, abar(t), abar(t - stride), size)
+        x = _move(video_model, x, t1, w_video, abar(t1), abar(t1 - stride))
+    x = _move(model, x, t2, -w_model, abar(t1 - stride), abar(t1), size)
+    x = _move(video_model, x, t1, -w_video, abar(t - stride), abar(t))
     return x
 
 
-def count_network_calls(total_steps: int, settings: Optional[IVMixedSettings]) -> Dict[str, int]:
-    """Guided network evaluations a run will make, per model: the arithmetic of section 1, for planning."""
+def _move(model, x, t, w, alpha_from, alpha_to, size=None):
+    """One DDIM move with ``model``'s guided prediction; with ``size``, made on ``x`` resized (nearest) to
+    ``size x size`` and resized back."""
+    if size is None or tuple(x.shape[-2:]) == (size, size):
+        return ddim_move(x, model(x, t, w), alpha_from, alpha_to)
+    small = _resize(x, (size, size))
+    return _resize(ddim_move(small, model(small, t, w), alpha_from, alpha_to), tuple(x.shape[-2:]))
+
+
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    """Nearest resize of the last two dimensions, whatever the leading ones."""
+    lead = x.shape[:-2]
+    out = F.interpolate(x.reshape(-1, 1, *x.shape[-2:]), size=size, mode="nearest")
+    return out.reshape(*lead, *size)
+
+
+def _per_frame_step(scheduler, eps, t, x, step_kwargs):
+    """``scheduler.step`` on ``(b f) c h w`` views of video latents ``(b, c, f, h, w)``."""
+    b, f = x.shape[0], x.shape[2]
+    per_frame = "b c f h w -> (b f) c h w"
+    out = scheduler.step(rearrange(eps, per_frame), t, rearrange(x, per_frame), **step_kwargs).prev_sample
+    return rearrange(out, "(b f) c h w -> b c f h w", b=b, f=f)
+
+
+def count_network_calls(
+    total_steps: int, settings: Optional[IVMixedSettings], reference_compat: Optional[ReferenceCompat] = None
+) -> Dict[str, int]:
+    """Guided network evaluations a run will make, per model: the arithmetic of section 1, for planning.
+
+    ``reference_compat`` (a pipeline's ``reference_compat_options``) counts a reference-compatible run."""
+    compat = _compat(reference_compat)
     counts = {"video": total_steps, "image": 0}
     if settings is None:
         return counts
     settings = settings.resolved(total_steps)
+    compat.check(total_steps)
     for i in settings.zigzag_steps():
-        if settings.uses_image_model(i):
+        if compat.uses_image_model(settings, i):
             counts["image"] += 2
             counts["video"] += 2
         else:

@@ -140,5 +140,6 @@ def test_loader_uses_ddim_over_the_checkpoint_betas(animatediff_pipe):
 def test_missing_weights_name_the_model(tmp_path):
     from ivmixed.loading import ModelLoadError
 
-    with pytest.raises(ModelLoadError, match="motion adapter .*huggingface-cli download"):
+    with pytest.raises(ModelLoadError, match="motion adapter .*`hf download ivmixed-test/no-such-adapter`") as info:
         IVMixedAnimateDiffPipeline.from_checkpoints(motion_adapter="ivmixed-test/no-such-adapter")
+    assert info.value.render(lambda name: "--" + name.replace("_", "-")).endswith("with --motion-adapter")

@@ -8,12 +8,15 @@ import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, UNet2DConditionModel
 
 from ..loading import loading
-from .common import IVMixedSamplingMixin, call_arguments, guided_predictor, per_frame_predictor
+from ..registry import PIPELINES as SPECS
+from ..sampler import ReferenceCompat
+from .common import IVMixedSamplingMixin, guided_predictor, per_frame_predictor
 from .long_video import check_free_noise_frames, encode_frame_prompts, frames_per_image_call, uses_frame_prompts
 
-DEFAULT_VIDEO_MODEL = "SG161222/Realistic_Vision_V5.1_noVAE"
-DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-3"
-DEFAULT_IMAGE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SPEC = SPECS["Animatediff"]
+DEFAULT_VIDEO_MODEL = SPEC.checkpoint("video_model").default
+DEFAULT_MOTION_ADAPTER = SPEC.checkpoint("motion_adapter").default
+DEFAULT_IMAGE_MODEL = SPEC.checkpoint("image_model").default
 DDIM_SETTINGS = {"clip_sample": False, "timestep_spacing": "linspace", "steps_offset": 1}
 
 
@@ -27,7 +30,9 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
     # With model offload, calling a component offloads the one before it. IV-mixed alternates the two UNets,
     # so the one listed first moves on every switch: the image UNet, the smaller of the two.
     model_cpu_offload_seq = "text_encoder->image_encoder->image_unet->unet->vae"
-    _callback_tensor_inputs = ["latents"]
+    default_zz = SPEC.defaults["zz"]
+    # The published AnimateDiff code let M see x_t labelled t1 and the video model x_t1 labelled t.
+    reference_compat_options = ReferenceCompat(swap_first_moves=True)
 
     def __init__(
         self,
@@ -91,19 +96,26 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
         iv_mixed: bool = True,
         interval_begin: int = 0,
         interval_end: Optional[int] = None,
-        zz: int = 1000,
+        zz: Optional[int] = None,
         i_sigma_begin: float = 4.0,
         i_sigma_end: float = 4.0,
         v_sigma_begin: float = 4.0,
         v_sigma_end: float = 4.0,
         rho: float = 7.0,
         image_batch_size: Optional[int] = None,
+        reference_compat: bool = False,
     ):
-        """Generate a video; the IV-mixed keywords are those of :class:`ivmixed.IVMixedSettings`.
+        """Generate a video; the IV-mixed keywords are those of :class:`ivmixed.IVMixedSettings` (``zz=None``: the
+        pipeline's preset, ``default_zz``).
 
         ``image_batch_size`` caps the frames per image-UNet call; a smaller value bounds memory and gives the same
         result within float tolerance. The default is all frames in one call up to 32 frames, and calls of 16
-        frames above that (long videos).
+        frames above that (long videos). ``callback_on_step_end`` may read and replace ``latents``,
+        ``prompt_embeds`` (the ``[uncond; cond]`` per-frame embeddings both UNets take) and
+        ``negative_prompt_embeds``, as in diffusers' AnimateDiff; setting ``pipe._interrupt = True`` ends the loop
+        early. ``reference_compat=True`` reproduces the published code where it departs from the design (see
+        :class:`ivmixed.sampler.ReferenceCompat`; at most 50 steps). Returns :class:`IVMixedPipelineOutput`, or
+        ``(frames, network_calls)`` when ``return_dict=False``.
 
         Long videos and prompt travel: with ``pipe.enable_free_noise(context_length, context_stride)`` the motion
         modules run over sliding windows (diffusers' FreeNoise), and ``prompt`` (and ``negative_prompt``) may be a
@@ -112,15 +124,26 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
         frame on the same embedding as the video model. One guided video call covers all windows, so the network
         call counts are those of :func:`ivmixed.count_network_calls` whatever the windows.
         """
-        return self._generate(**call_arguments(locals()))
+        return self._generate(
+            prompt=prompt, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, negative_prompt=negative_prompt, eta=eta, generator=generator,
+            latents=latents, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            output_type=output_type, return_dict=return_dict, cross_attention_kwargs=cross_attention_kwargs,
+            clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            settings=self._iv_mixed_settings(iv_mixed, interval_begin, interval_end, zz, i_sigma_begin, i_sigma_end,
+                                             v_sigma_begin, v_sigma_end, rho),
+            image_batch_size=image_batch_size, reference_compat=reference_compat, decode_chunk_size=decode_chunk_size,
+        )
 
     def _encode_video_prompt(self, prompt, negative_prompt, num_frames, device, with_uncond, prompt_embeds,
-                             negative_prompt_embeds, lora_scale, clip_skip) -> torch.Tensor:
+                             negative_prompt_embeds, lora_scale, clip_skip):
         """Prompt schedules and FreeNoise calls get diffusers' per-frame encoding; the rest the ordinary one."""
         check_free_noise_frames(self, num_frames)
         if uses_frame_prompts(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds):
-            return encode_frame_prompts(self, prompt, negative_prompt, num_frames, device, with_uncond, lora_scale,
-                                        clip_skip)
+            embeds = encode_frame_prompts(self, prompt, negative_prompt, num_frames, device, with_uncond, lora_scale,
+                                          clip_skip)
+            return embeds, (embeds.chunk(2)[0] if with_uncond else None)
         return super()._encode_video_prompt(
             prompt, negative_prompt, num_frames, device, with_uncond, prompt_embeds, negative_prompt_embeds,
             lora_scale, clip_skip,
@@ -130,13 +153,13 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
         # One embedding per frame: the motion UNet expects it, and the image UNet sees frames as images.
         return embeds.repeat_interleave(repeats=num_frames, dim=0)
 
-    def _image_predictor(self, *, video_embeds, with_uncond, image_batch_size, cross_attention_kwargs, **_):
+    def _image_predictor(self, *, video_embeds, num_frames, with_uncond, image_batch_size, cross_attention_kwargs,
+                         **_):
         """The image UNet shares the video model's CLIP-L text encoder, so it takes the same embeddings: each half
-        of ``video_embeds`` is laid out ``(b f)`` like the frames of the per-frame view, one embedding per frame."""
-        frames = video_embeds.shape[0] // (2 if with_uncond else 1)
+        of ``video_embeds()`` is laid out ``(b f)`` like the frames of the per-frame view, one embedding per frame."""
         return per_frame_predictor(
-            guided_predictor(self.image_unet, video_embeds.to(self.image_unet.dtype), with_uncond,
-                             max_batch=frames_per_image_call(image_batch_size, frames),
+            guided_predictor(self.image_unet, lambda: video_embeds().to(self.image_unet.dtype), with_uncond,
+                             max_batch=frames_per_image_call(image_batch_size, num_frames),
                              cross_attention_kwargs=cross_attention_kwargs)
         )
 

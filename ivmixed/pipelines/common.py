@@ -15,7 +15,7 @@ from diffusers.utils import BaseOutput
 from einops import rearrange
 
 from ..guidance import combine_guidance
-from ..sampler import IVMixedSettings, NoisePredictor, sample_iv_mixed
+from ..sampler import IVMixedSettings, NoisePredictor, ReferenceCompat, image_model_needed, sample_iv_mixed
 
 logger = logging.getLogger(__name__)
 
@@ -33,25 +33,6 @@ class IVMixedPipelineOutput(BaseOutput):
     network_calls: Dict[str, int]
 
 
-def iv_mixed_settings(
-    iv_mixed: bool,
-    interval_begin: int,
-    interval_end: Optional[int],
-    zz: int,
-    i_sigma_begin: float,
-    i_sigma_end: float,
-    v_sigma_begin: float,
-    v_sigma_end: float,
-    rho: float,
-    num_inference_steps: int,
-) -> Optional[IVMixedSettings]:
-    """The sampler settings for a pipeline call, validated before any work; ``None`` for standard sampling."""
-    if not iv_mixed:
-        return None
-    settings = IVMixedSettings(interval_begin, interval_end, zz, i_sigma_begin, i_sigma_end, v_sigma_begin, v_sigma_end, rho)
-    return settings.resolved(num_inference_steps)
-
-
 def check_image_batch_size(image_batch_size: Optional[int]) -> None:
     if image_batch_size is not None and image_batch_size < 1:
         raise ValueError(f"image_batch_size must be at least 1 (or None: all frames in one call), got {image_batch_size}")
@@ -59,17 +40,19 @@ def check_image_batch_size(image_batch_size: Optional[int]) -> None:
 
 def guided_predictor(
     unet: torch.nn.Module,
-    encoder_hidden_states: torch.Tensor,
+    encoder_hidden_states: Union[torch.Tensor, Callable[[], torch.Tensor]],
     with_uncond: bool,
     max_batch: Optional[int] = None,
     **unet_kwargs,
 ) -> NoisePredictor:
     """``(x, t, w) -> eps_w``: one batched call over ``[x, x]`` with ``[uncond; cond]`` embeddings.
 
-    ``max_batch`` caps the samples of ``x`` per network call (each call still carries both halves, so it runs
-    ``2 * max_batch`` rows): it bounds activation memory at the cost of more, smaller calls.
+    ``encoder_hidden_states`` may be a callable returning the current embeddings, read at every call, so that a
+    step callback can replace them. ``max_batch`` caps the samples of ``x`` per network call (each call still
+    carries both halves, so it runs ``2 * max_batch`` rows): it bounds activation memory at the cost of more,
+    smaller calls.
     """
-    halves = encoder_hidden_states.chunk(2) if with_uncond else (encoder_hidden_states,)
+    embeddings = encoder_hidden_states if callable(encoder_hidden_states) else lambda: encoder_hidden_states
 
     def call(x: torch.Tensor, t, w: float, embeds: torch.Tensor) -> torch.Tensor:
         model_input = torch.cat([x, x]) if with_uncond else x
@@ -80,9 +63,10 @@ def guided_predictor(
         return combine_guidance(uncond, cond, w)
 
     def predict(x: torch.Tensor, t, w: float) -> torch.Tensor:
-        n = x.shape[0]
+        embeds, n = embeddings(), x.shape[0]
         if max_batch is None or n <= max_batch:
-            return call(x, t, w, encoder_hidden_states)
+            return call(x, t, w, embeds)
+        halves = embeds.chunk(2) if with_uncond else (embeds,)
         parts = []
         for start in range(0, n, max_batch):
             rows = slice(start, start + max_batch)
@@ -123,39 +107,6 @@ def counted(predictor: NoisePredictor, counts: Dict[str, int], key: str) -> Nois
     return predict
 
 
-def run_sampler(
-    pipeline,
-    video_predictor: NoisePredictor,
-    image_predictor: Optional[NoisePredictor],
-    latents: torch.Tensor,
-    guidance_scale: float,
-    settings: Optional[IVMixedSettings],
-    step_kwargs: Dict,
-    callback_on_step_end: Optional[Callable] = None,
-):
-    """Drive :func:`sample_iv_mixed` with the pipeline's progress bar and diffusers-style step callback."""
-    counts = {"video": 0, "image": 0}
-
-    def callback(i, t, x):
-        if callback_on_step_end is None:
-            return None
-        outputs = callback_on_step_end(pipeline, i, t, {"latents": x})
-        return outputs.get("latents") if outputs else None
-
-    latents = sample_iv_mixed(
-        counted(video_predictor, counts, "video"),
-        counted(image_predictor, counts, "image") if image_predictor is not None else None,
-        latents,
-        pipeline.scheduler,
-        guidance_scale,
-        settings,
-        step_kwargs=step_kwargs,
-        callback=callback,
-        progress_bar=lambda total: pipeline.progress_bar(total=total),
-    )
-    return latents, counts
-
-
 def decode_guarded(vae: torch.nn.Module, latents: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``decode(latents)`` with checks that turn silent NaN videos into an error that says what to try.
 
@@ -183,20 +134,17 @@ def decode_guarded(vae: torch.nn.Module, latents: torch.Tensor, decode: Callable
     raise NonFiniteLatentsError(f"the VAE decoded NaN or infinite pixels (VAE dtype {dtype}, also tried float32); {advice}")
 
 
-def call_arguments(frame_locals: Dict) -> Dict:
-    """A ``__call__``'s own arguments (its ``locals()`` at entry), to hand to :meth:`IVMixedSamplingMixin._generate`."""
-    return {k: v for k, v in frame_locals.items() if k not in ("self", "__class__")}
-
-
 class IVMixedSamplingMixin:
     """The body every IV-mixed pipeline call shares: check, encode, prepare latents, sample, decode.
 
-    Each pipeline keeps its own documented ``__call__`` signature and supplies the hooks where the video
-    models differ: how the video UNet takes prompt embeddings, how the image model is conditioned, extra
-    video-UNet keywords and decoding.
+    Each pipeline keeps its own documented ``__call__`` signature, passes its arguments to :meth:`_generate` and
+    supplies the hooks where the video models differ: how the video UNet takes prompt embeddings, how the image
+    model is conditioned, and decoding.
     """
 
-    default_zz = 1000
+    default_zz = IVMixedSettings.zz
+    # The published code's deviations from section 1 that ``reference_compat=True`` reproduces.
+    reference_compat_options = ReferenceCompat()
     # Pixel size when the UNet's config has no sample_size.
     fallback_height = 256
     fallback_width = 256
@@ -207,14 +155,28 @@ class IVMixedSamplingMixin:
             return self.fallback_height, self.fallback_width
         return sample_size * self.vae_scale_factor, sample_size * self.vae_scale_factor
 
+    def _iv_mixed_settings(self, iv_mixed: bool, interval_begin: int, interval_end: Optional[int], zz: Optional[int],
+                           i_sigma_begin: float, i_sigma_end: float, v_sigma_begin: float, v_sigma_end: float,
+                           rho: float) -> Optional[IVMixedSettings]:
+        """The sampler settings of a call (``zz=None``: the pipeline's preset); ``None`` for standard sampling."""
+        if not iv_mixed:
+            return None
+        zz = self.default_zz if zz is None else zz
+        return IVMixedSettings(interval_begin, interval_end, zz, i_sigma_begin, i_sigma_end, v_sigma_begin, v_sigma_end,
+                               rho)
+
+    def _reference_compat(self) -> ReferenceCompat:
+        """:attr:`reference_compat_options` completed with what only the loaded components tell."""
+        return self.reference_compat_options
+
     def _video_embeds(self, embeds: torch.Tensor, num_frames: int) -> torch.Tensor:
         """The ``[uncond; cond]`` embeddings laid out as the video UNet takes them."""
         return embeds
 
     def _encode_video_prompt(self, prompt, negative_prompt, num_frames, device, with_uncond, prompt_embeds,
-                             negative_prompt_embeds, lora_scale, clip_skip) -> torch.Tensor:
-        """Encode the prompts: the ``[uncond; cond]`` embeddings (just ``cond`` without ``with_uncond``) laid out
-        as the video UNet takes them."""
+                             negative_prompt_embeds, lora_scale, clip_skip):
+        """Encode the prompts: ``(video_embeds, negative_prompt_embeds)``, where ``video_embeds`` are the
+        ``[uncond; cond]`` embeddings (just ``cond`` without ``with_uncond``) laid out as the video UNet takes them."""
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt, device, 1, with_uncond, negative_prompt,
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
@@ -222,14 +184,12 @@ class IVMixedSamplingMixin:
         )
         if with_uncond:
             prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
-        return self._video_embeds(prompt_embeds, num_frames)
-
-    def _video_unet_kwargs(self) -> Dict:
-        """Extra keywords of every video UNet call (VideoCrafter's fps)."""
-        return {}
+        return self._video_embeds(prompt_embeds, num_frames), negative_prompt_embeds
 
     def _image_predictor(self, *, prompt, negative_prompt, video_embeds, num_frames, with_uncond, device, clip_skip,
                          image_batch_size, cross_attention_kwargs) -> NoisePredictor:
+        """The image model's guided predictor over video latents; ``video_embeds()`` returns the video model's
+        current embeddings."""
         raise NotImplementedError
 
     def _check_image_model(self, prompt) -> None:
@@ -239,10 +199,11 @@ class IVMixedSamplingMixin:
         return self.decode_latents(latents)
 
     def _generate(
-        self, prompt, num_frames, height, width, num_inference_steps, guidance_scale, negative_prompt, eta,
+        self, *, prompt, num_frames, height, width, num_inference_steps, guidance_scale, negative_prompt, eta,
         generator, latents, prompt_embeds, negative_prompt_embeds, output_type, return_dict, cross_attention_kwargs,
-        clip_skip, callback_on_step_end, callback_on_step_end_tensor_inputs, iv_mixed, interval_begin, interval_end,
-        zz, i_sigma_begin, i_sigma_end, v_sigma_begin, v_sigma_end, rho, image_batch_size, decode_chunk_size=16,
+        clip_skip, callback_on_step_end, callback_on_step_end_tensor_inputs, settings: Optional[IVMixedSettings],
+        image_batch_size, reference_compat: bool = False, decode_chunk_size=16,
+        video_unet_kwargs: Optional[Dict] = None,
     ):
         default_height, default_width = self._default_size()
         height, width = height or default_height, width or default_width
@@ -251,11 +212,12 @@ class IVMixedSamplingMixin:
             None, None, callback_on_step_end_tensor_inputs,
         )
         check_image_batch_size(image_batch_size)
-        settings = iv_mixed_settings(
-            iv_mixed, interval_begin, interval_end, self.default_zz if zz is None else zz, i_sigma_begin, i_sigma_end,
-            v_sigma_begin, v_sigma_end, rho, num_inference_steps,
-        )
-        with_image_model = settings is not None and settings.image_model_needed()
+        compat = self._reference_compat() if reference_compat else None
+        if settings is not None:
+            settings = settings.resolved(num_inference_steps)
+            if compat is not None:
+                compat.check(num_inference_steps)
+        with_image_model = settings is not None and image_model_needed(settings, compat)
         if with_image_model:
             self._check_image_model(prompt)
         self._guidance_scale = guidance_scale
@@ -273,32 +235,47 @@ class IVMixedSamplingMixin:
         # The zigzag's negative-guidance inversions need the unconditional half even when guidance_scale <= 1.
         with_uncond = guidance_scale > 1.0 or settings is not None
         lora_scale = cross_attention_kwargs.get("scale") if cross_attention_kwargs else None
-        video_embeds = self._encode_video_prompt(
+        video_embeds, negative_prompt_embeds = self._encode_video_prompt(
             prompt, negative_prompt, num_frames, device, with_uncond, prompt_embeds, negative_prompt_embeds,
             lora_scale, clip_skip,
         )
+        # The tensors a step callback may read and replace, as in diffusers' loops: ``prompt_embeds`` are the video
+        # UNet's (and, where it shares them, the image UNet's) ``[uncond; cond]`` embeddings.
+        tensors = {"prompt_embeds": video_embeds, "negative_prompt_embeds": negative_prompt_embeds}
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         self._num_timesteps = len(self.scheduler.timesteps)
         latents = self.prepare_latents(
             batch_size, self.unet.config.in_channels, num_frames, height, width,
-            video_embeds.dtype, device, generator, latents,
+            tensors["prompt_embeds"].dtype, device, generator, latents,
         )
 
-        video_predictor = guided_predictor(
-            self.unet, video_embeds, with_uncond, cross_attention_kwargs=cross_attention_kwargs,
-            **self._video_unet_kwargs(),
-        )
+        counts = {"video": 0, "image": 0}
+        video_predictor = counted(guided_predictor(
+            self.unet, lambda: tensors["prompt_embeds"], with_uncond, cross_attention_kwargs=cross_attention_kwargs,
+            **(video_unet_kwargs or {}),
+        ), counts, "video")
         image_predictor = None
         if with_image_model:
-            image_predictor = self._image_predictor(
-                prompt=prompt, negative_prompt=negative_prompt, video_embeds=video_embeds, num_frames=num_frames,
-                with_uncond=with_uncond, device=device, clip_skip=clip_skip, image_batch_size=image_batch_size,
-                cross_attention_kwargs=cross_attention_kwargs,
-            )
-        latents, counts = run_sampler(
-            self, video_predictor, image_predictor, latents, guidance_scale, settings,
-            self.prepare_extra_step_kwargs(generator, eta), callback_on_step_end,
+            image_predictor = counted(self._image_predictor(
+                prompt=prompt, negative_prompt=negative_prompt, video_embeds=lambda: tensors["prompt_embeds"],
+                num_frames=num_frames, with_uncond=with_uncond, device=device, clip_skip=clip_skip,
+                image_batch_size=image_batch_size, cross_attention_kwargs=cross_attention_kwargs,
+            ), counts, "image")
+
+        def on_step_end(i, t, x):
+            if callback_on_step_end is None:
+                return None
+            tensors["latents"] = x
+            outputs = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
+            tensors.update({k: v for k, v in (outputs or {}).items() if k in self._callback_tensor_inputs})
+            return tensors["latents"]
+
+        latents = sample_iv_mixed(
+            video_predictor, image_predictor, latents, self.scheduler, guidance_scale, settings,
+            step_kwargs=self.prepare_extra_step_kwargs(generator, eta), callback=on_step_end,
+            progress_bar=lambda total: self.progress_bar(total=total), should_stop=lambda: self.interrupt,
+            reference_compat=compat,
         )
 
         if output_type == "latent":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Dict, Optional
 
 import torch
@@ -9,13 +10,16 @@ from diffusers import DDIMScheduler
 from diffusers.utils import logging
 
 from ..loading import loading
+from ..registry import PIPELINES as SPECS
+from ..sampler import ReferenceCompat
 from .animatediff import DDIM_SETTINGS
 from .text_to_video import IVMixedTextToVideoPipeline, load_image_components
 
 logger = logging.get_logger(__name__)
 
-DEFAULT_VIDEO_MODEL = "ali-vilab/text-to-video-ms-1.7b"
-DEFAULT_IMAGE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SPEC = SPECS["ModelScope"]
+DEFAULT_VIDEO_MODEL = SPEC.checkpoint("video_model").default
+DEFAULT_IMAGE_MODEL = SPEC.checkpoint("image_model").default
 
 
 class IVMixedModelScopePipeline(IVMixedTextToVideoPipeline):
@@ -25,6 +29,15 @@ class IVMixedModelScopePipeline(IVMixedTextToVideoPipeline):
     predictions are made on frames resized (nearest) to its sample size and resized back.
     With ``iv_mixed=False`` a call is diffusers' stock text-to-video sampling.
     """
+
+    default_zz = SPEC.defaults["zz"]
+    # The published ModelScope code had no zz (the image model on every zigzag step) and moved the whole latent
+    # at the image model's size; the size is the loaded image UNet's (see _reference_compat).
+    reference_compat_options = ReferenceCompat(image_model_every_step=True)
+
+    def _reference_compat(self) -> ReferenceCompat:
+        size = self.image_unet.config.sample_size if self.image_unet is not None and self.resize_image_latents else None
+        return replace(self.reference_compat_options, image_move_size=size)
 
     @classmethod
     def from_checkpoints(

@@ -17,7 +17,7 @@ from diffusers.video_processor import VideoProcessor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..loading import loading
-from .common import IVMixedSamplingMixin, call_arguments, guided_predictor, per_frame_predictor
+from .common import IVMixedSamplingMixin, guided_predictor, per_frame_predictor
 
 
 def load_image_components(image_model: str, dtype: torch.dtype) -> Dict:
@@ -56,7 +56,8 @@ class IVMixedTextToVideoPipeline(
     # so the one listed first moves on every switch: the image UNet, the smaller of the two.
     model_cpu_offload_seq = "text_encoder->image_text_encoder->image_unet->unet->vae"
     _optional_components = ["image_unet", "image_text_encoder", "image_tokenizer"]
-    _callback_tensor_inputs = ["latents"]
+    # As diffusers' Stable Diffusion pipelines: the video UNet's embeddings, not the image model's own.
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
     # Resize frames to the image UNet's native sample size for its predictions (and back).
     resize_image_latents = True
 
@@ -100,6 +101,11 @@ class IVMixedTextToVideoPipeline(
     @property
     def num_timesteps(self) -> int:
         return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set ``pipe._interrupt = True`` (e.g. from a step callback) to end the sampling loop early."""
+        return self._interrupt
 
     def encode_image_prompt(
         self,
@@ -150,6 +156,7 @@ class IVMixedTextToVideoPipeline(
         v_sigma_end: float = 4.0,
         rho: float = 7.0,
         image_batch_size: Optional[int] = None,
+        reference_compat: bool = False,
     ):
         """Generate a video; the IV-mixed keywords are those of :class:`ivmixed.IVMixedSettings`.
 
@@ -157,10 +164,24 @@ class IVMixedTextToVideoPipeline(
         value bounds memory and gives the same result within float tolerance.
 
         ``height``/``width`` default to the UNet's sample size (times the VAE's scale), ``zz`` to the pipeline's
-        ``default_zz``. Returns :class:`IVMixedPipelineOutput` (``frames`` as ``output_type``, plus the number of
-        guided network calls per model), or ``(frames, network_calls)`` when ``return_dict=False``.
+        preset ``default_zz``. ``callback_on_step_end`` may read and replace ``latents``, ``prompt_embeds`` (the
+        video UNet's ``[uncond; cond]`` embeddings) and ``negative_prompt_embeds``; setting
+        ``pipe._interrupt = True`` ends the loop early. ``reference_compat=True`` reproduces the published code
+        where it departs from the design (see :class:`ivmixed.sampler.ReferenceCompat`; at most 50 steps). Returns :class:`IVMixedPipelineOutput` (``frames`` as
+        ``output_type``, plus the number of guided network calls per model), or ``(frames, network_calls)`` when
+        ``return_dict=False``.
         """
-        return self._generate(**call_arguments(locals()))
+        return self._generate(
+            prompt=prompt, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, negative_prompt=negative_prompt, eta=eta, generator=generator,
+            latents=latents, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            output_type=output_type, return_dict=return_dict, cross_attention_kwargs=cross_attention_kwargs,
+            clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            settings=self._iv_mixed_settings(iv_mixed, interval_begin, interval_end, zz, i_sigma_begin, i_sigma_end,
+                                             v_sigma_begin, v_sigma_end, rho),
+            image_batch_size=image_batch_size, reference_compat=reference_compat,
+        )
 
     def _check_image_model(self, prompt) -> None:
         if self.image_unet is None or self.image_text_encoder is None or self.image_tokenizer is None:

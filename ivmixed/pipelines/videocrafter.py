@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 import torch
 from diffusers import DPMSolverMultistepScheduler
 
 from ..loading import loading
 from ..models import VideoCrafterUNet3DConditionModel
+from ..registry import PIPELINES as SPECS
+from ..sampler import ReferenceCompat
 from .text_to_video import IVMixedTextToVideoPipeline, load_image_components
 
-DEFAULT_VIDEO_MODEL = "cerspense/zeroscope_v2_576w"
-DEFAULT_UNET = "adamdad/videocrafterv2_diffusers"
-DEFAULT_IMAGE_MODEL = "SG161222/Realistic_Vision_V6.0_B1_noVAE"
+SPEC = SPECS["VideoCrafter"]
+DEFAULT_VIDEO_MODEL = SPEC.checkpoint("video_model").default
+DEFAULT_UNET = SPEC.checkpoint("unet").default
+DEFAULT_IMAGE_MODEL = SPEC.checkpoint("image_model").default
+DEFAULT_FPS = SPEC.defaults["fps_condition"]
 DPM_SETTINGS = {"algorithm_type": "sde-dpmsolver++"}
 
 
@@ -30,7 +34,10 @@ class IVMixedVideoCrafterPipeline(IVMixedTextToVideoPipeline):
     # VideoCrafter2's training resolution; its converted UNet config has no sample_size.
     fallback_height = 320
     fallback_width = 512
-    default_zz = 3
+    default_zz = SPEC.defaults["zz"]
+    # The published VideoCrafter code gave the video model the image weight where it took M's place, and stepped
+    # the main scheduler on per-frame latents (which places the SDE noise of a seeded generator differently).
+    reference_compat_options = ReferenceCompat(video_model_image_weight=True, per_frame_main_step=True)
 
     @classmethod
     def from_checkpoints(
@@ -56,12 +63,51 @@ class IVMixedVideoCrafterPipeline(IVMixedTextToVideoPipeline):
         )
         return pipe
 
-    def _video_unet_kwargs(self) -> Dict:
-        return {"fps": self._fps}
-
     @torch.no_grad()
-    def __call__(self, *args, fps: int = 24, **kwargs):
+    def __call__(
+        self,
+        prompt: Union[str, List[str], None] = None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        num_frames: int = 16,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 9.0,
+        negative_prompt: Union[str, List[str], None] = None,
+        eta: float = 0.0,
+        generator: Union[torch.Generator, List[torch.Generator], None] = None,
+        latents: Optional[torch.Tensor] = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        cross_attention_kwargs: Optional[Dict] = None,
+        clip_skip: Optional[int] = None,
+        callback_on_step_end: Optional[Callable] = None,
+        callback_on_step_end_tensor_inputs: List[str] = ["latents"],
+        iv_mixed: bool = True,
+        interval_begin: int = 0,
+        interval_end: Optional[int] = None,
+        zz: Optional[int] = None,
+        i_sigma_begin: float = 4.0,
+        i_sigma_end: float = 4.0,
+        v_sigma_begin: float = 4.0,
+        v_sigma_end: float = 4.0,
+        rho: float = 7.0,
+        image_batch_size: Optional[int] = None,
+        reference_compat: bool = False,
+        fps: int = DEFAULT_FPS,
+    ):
         """:meth:`IVMixedTextToVideoPipeline.__call__` (guidance 9.0, ``zz=3`` by default) plus ``fps``, the
-        frame rate the UNet is conditioned on (VideoCrafter2 default 24)."""
-        self._fps = fps
-        return super().__call__(*args, **kwargs)
+        frame rate every video UNet call is conditioned on (VideoCrafter2 default 24). ``reference_compat=True`` also
+        changes the standard video (``iv_mixed=False``): its main steps run on per-frame latents."""
+        return self._generate(
+            prompt=prompt, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, negative_prompt=negative_prompt, eta=eta, generator=generator,
+            latents=latents, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            output_type=output_type, return_dict=return_dict, cross_attention_kwargs=cross_attention_kwargs,
+            clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            settings=self._iv_mixed_settings(iv_mixed, interval_begin, interval_end, zz, i_sigma_begin, i_sigma_end,
+                                             v_sigma_begin, v_sigma_end, rho),
+            image_batch_size=image_batch_size, reference_compat=reference_compat, video_unet_kwargs={"fps": fps},
+        )
