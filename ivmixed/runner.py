@@ -398,7 +398,8 @@ class Runner:
     def _record(self, loaded: LoadedPipeline, outputs: OutputSet, calls, timings) -> Dict[str, Any]:
         config, job = self.config, outputs.job
         previous = self._previous_record(outputs)
-        expected = {"iv_mix": count_network_calls(config.inference_step, config.iv_mixed)}
+        compat = type(loaded.pipe).reference_compat_options if config.reference_compat else None
+        expected = {"iv_mix": count_network_calls(config.inference_step, config.iv_mixed, reference_compat=compat)}
         if "standard" in outputs.files:
             expected["standard"] = count_network_calls(config.inference_step, None)
             if "standard" not in calls:  # made by an earlier run (shared by every IV-mixed setting)

@@ -72,6 +72,15 @@ class IVMixedSettings:
                 raise SettingError(f"{{{name}}} must be a finite number >= 0, got {value}")
         if not math.isfinite(self.rho) or self.rho <= 0:
             raise SettingError(f"{{rho}} must be a positive number, got {self.rho}")
+        for who, begin, end in (("i", self.i_sigma_begin, self.i_sigma_end), ("v", self.v_sigma_begin, self.v_sigma_end)):
+            try:
+                weights = guidance_schedule(begin, end, max(num_steps, 2), self.rho)
+                finite = all(math.isfinite(w) for w in weights)
+            except OverflowError:
+                finite = False
+            if not finite:
+                raise SettingError(f"the guidance schedule from {{{who}_sigma_begin}} {begin:g} to {{{who}_sigma_end}} "
+                                   f"{end:g} with {{rho}} {self.rho:g} overflows; use smaller weights or another rho")
 
     def uses_image_model(self, step: int) -> bool:
         """Whether the zigzag of ``step`` moves with the image model (else the video model)."""

@@ -182,3 +182,33 @@ def test_cuda_without_cuda_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--prompt", "a cat", "--device", "cuda"])
     assert exit_info.value.code == 2 and "torch sees no CUDA GPU" in capsys.readouterr().err
+
+
+def test_reference_compat_is_part_of_the_fingerprint(tmp_path):
+    from ivmixed.runner import Runner
+
+    def outputs(pipeline, compat):
+        config = build_config({"prompt": "a cat", "pipeline": pipeline, "tiny": True, "reference_compat": compat,
+                               "output_dir": str(tmp_path), "device": "cpu"})
+        return Runner(config).plan().todo[0].outputs
+
+    for pipeline, standard_changes in (("Animatediff", False), ("ModelScope", False), ("VideoCrafter", True)):
+        default, compat = outputs(pipeline, False), outputs(pipeline, True)
+        assert default.fingerprint != compat.fingerprint
+        # the standard video changes only where the published code samples it differently (VideoCrafter's
+        # per-frame main step)
+        assert (default.standard_fingerprint != compat.standard_fingerprint) == standard_changes, pipeline
+
+
+def test_reference_compat_run_records_its_counts(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["--tiny", "--pipeline", "VideoCrafter", "--prompt", "a cat", "--inference-step", "4",
+                 "--num-frames", "2", "--reference-compat", "--output-dir", str(out)]) == 0
+    record = only_record(out)
+    assert record["settings"]["reference_compat"] is True
+    assert record["network_calls"] == record["expected_network_calls"]
+    assert record["network_calls"]["iv_mix"] == {"video": 14, "image": 6}  # zz=3: steps 0, 1 image; 2 video; 3 image
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--tiny", "--prompt", "a cat", "--inference-step", "51", "--reference-compat", "--output-dir", str(out)])
+    assert exit_info.value.code == 2
+    assert "--reference-compat supports at most 50 --inference-step" in capsys.readouterr().err
