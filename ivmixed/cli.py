@@ -70,6 +70,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     """Flags derive from the settings; every default is ``None`` so that presets and config files apply."""
     p = Parser(
         prog=prog or prog_name(),
+        usage="%(prog)s --prompt TEXT [--pipeline NAME] [options]   (or --prompt-file FILE)",
         description="Text-to-video with IV-mixed sampling: an image diffusion model lifts the quality of every "
         "frame of a video diffusion model. Also writes the standard video of the same seed for comparison.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
