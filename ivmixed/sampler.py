@@ -116,10 +116,10 @@ def _tqdm_bar(total: int) -> ContextManager:
 
 @dataclass(frozen=True)
 class ReferenceCompat:
-    """Where the published code departs from section 1, one switch per deviation.
+    """Where the published code departs from docs/ALGORITHM.md, one switch per deviation.
 
     Each pipeline names the deviations its reference code had, so ``reference_compat=True`` reproduces that
-    code while the sampler stays free of pipeline names. ``ReferenceCompat(table_length=None)`` is section 1.
+    code while the sampler stays free of pipeline names. ``ReferenceCompat(table_length=None)`` is the algorithm of docs/ALGORITHM.md.
     """
 
     # Guidance tables of this many entries whatever the step count, indexed by step (None: N entries).
@@ -187,7 +187,7 @@ def sample_iv_mixed(
     ``settings=None`` gives the standard sampler (one guided video call per step). ``callback(i, t, x)``
     runs after every step and may return replacement latents. ``should_stop()`` is asked before every step;
     once true the loop ends and the latents are returned as they are (diffusers' ``interrupt``).
-    ``reference_compat`` switches on the published code's deviations from section 1 (default: none).
+    ``reference_compat`` switches on the published code's deviations from docs/ALGORITHM.md (default: none).
     """
     compat = _compat(reference_compat)
     timesteps = scheduler.timesteps
@@ -230,7 +230,7 @@ def sample_iv_mixed(
 
 
 def _zigzag(x, t, stride, abar, video_model, image_model, w_video, w_image, compat):
-    """Section 1's four moves: M denoises, the VDM denoises, M inverts, the VDM inverts."""
+    """The four moves of docs/ALGORITHM.md: M denoises, the VDM denoises, M inverts, the VDM inverts."""
     if image_model is not None:
         model, w_model, size = image_model, w_image, compat.image_move_size
     else:
@@ -274,7 +274,7 @@ def _per_frame_step(scheduler, eps, t, x, step_kwargs):
 def count_network_calls(
     total_steps: int, settings: Optional[IVMixedSettings], reference_compat: Optional[ReferenceCompat] = None
 ) -> Dict[str, int]:
-    """Guided network evaluations a run will make, per model: the arithmetic of section 1, for planning.
+    """Guided network evaluations a run will make, per model: the arithmetic of docs/ALGORITHM.md, for planning.
 
     ``reference_compat`` (a pipeline's ``reference_compat_options``) counts a reference-compatible run."""
     compat = _compat(reference_compat)

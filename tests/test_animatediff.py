@@ -40,7 +40,7 @@ def test_decoded_output_equals_stock(animatediff_pipe):
 
 
 def reference_iv_mixed(pipe, latents, n, gs, zz, w_image, w_video):
-    """DESIGN.md section 1 written against the pipeline's UNets directly (constant guidance weights)."""
+    """docs/ALGORITHM.md written against the pipeline's UNets directly (constant guidance weights)."""
     pos, neg = pipe.encode_prompt("a horse", "cpu", 1, True, None)
     video_emb = torch.cat([neg, pos]).repeat_interleave(FRAMES, dim=0)  # (2 * frames, 77, d)
 

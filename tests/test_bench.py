@@ -23,7 +23,7 @@ def test_tiny_benchmark_writes_the_expected_record(tmp_path, capsys):
     assert report["settings"]["steps"] == 2 and report["settings"]["frames"] == 2
     assert report["performance"]["offload"] == "none"
     std, ivm = report["results"]["standard"], report["results"]["iv_mixed"]
-    # section 1: 2 steps of IV-mixed with the image model are 2 * (1 + 2) video and 2 * 2 image calls
+    # docs/ALGORITHM.md: 2 steps of IV-mixed with the image model are 2 * (1 + 2) video and 2 * 2 image calls
     assert std["network_calls"] == std["expected_network_calls"] == std["unet_forward_calls"] == {"video": 2, "image": 0}
     assert ivm["network_calls"] == ivm["expected_network_calls"] == ivm["unet_forward_calls"] == {"video": 6, "image": 4}
     for result in (std, ivm):

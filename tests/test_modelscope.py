@@ -85,7 +85,7 @@ def karras(begin, end, i, n, rho):
 
 
 def reference_modelscope(pipe, latents, n, guidance_scale, zz, interval, sigmas, rho):
-    """DESIGN.md section 1 on the pipeline's UNets: explicit DDIM moves, CFG by hand, nearest resize for the
+    """docs/ALGORITHM.md on the pipeline's UNets: explicit DDIM moves, CFG by hand, nearest resize for the
     image model, DDIM (eta 0) main steps. Returns the final latents and the guided calls per model."""
     calls = {"video": 0, "image": 0}
     video_emb = torch.cat([clip_embeddings(pipe.tokenizer, pipe.text_encoder, t) for t in (NEGATIVE, PROMPT)])

@@ -1,4 +1,4 @@
-"""``reference_compat=True``: the published code's deviations from DESIGN.md section 1, pipeline by pipeline.
+"""``reference_compat=True``: the published code's deviations from docs/ALGORITHM.md, pipeline by pipeline.
 
 Each pipeline runs in float64 on tiny models and is compared with a loop written out here on its UNets, with
 every deviation a switch. With the pipeline's deviations on, the loop must equal the pipeline in compat mode; with
@@ -109,7 +109,7 @@ def guided_models(name, pipe, calls):
 
 
 def reference(name, pipe, latents, iv_mixed, seed, deviations):
-    """The loop of section 1 with the published code's deviations as switches. Returns latents and call counts."""
+    """The loop of docs/ALGORITHM.md with the published code's deviations as switches. Returns latents and call counts."""
     case = CASES[name]
     n, zz, gs = case["n"], case["zz"], case["gs"]
     calls = {"video": 0, "image": 0}

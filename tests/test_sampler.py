@@ -1,4 +1,4 @@
-"""The sampler against DESIGN.md section 1, computed independently with explicit formulas and fake denoisers."""
+"""The sampler against docs/ALGORITHM.md, computed independently with explicit formulas and fake denoisers."""
 
 import math
 
@@ -52,7 +52,7 @@ def karras(b, e, n, rho):
 
 
 def reference_loop(x, n, gs, ib, ie, zz, isb, ise, vsb, vse, rho):
-    """DESIGN.md section 1 written out directly (float64), including the DDIM main step."""
+    """docs/ALGORITHM.md written out directly (float64), including the DDIM main step."""
     sched = make_scheduler(n)
     ac = sched.alphas_cumprod.double()
     T = sched.config.num_train_timesteps

@@ -154,7 +154,7 @@ def clip_embeddings(tokenizer, text_encoder, text):
 
 
 def reference_videocrafter(pipe, latents, n, guidance_scale, zz, fps, seed, w_image, w_video):
-    """DESIGN.md section 1 on the pipeline's UNets: explicit DDIM zigzag moves with CFG by hand (frames at the
+    """docs/ALGORITHM.md on the pipeline's UNets: explicit DDIM zigzag moves with CFG by hand (frames at the
     video's own size for the image model), then DPM-Solver++ (SDE) main steps seeded like the pipeline."""
     calls = {"video": 0, "image": 0}
     video_emb = torch.cat([clip_embeddings(pipe.tokenizer, pipe.text_encoder, t) for t in (NEGATIVE, PROMPT)])

@@ -1,4 +1,6 @@
-"""One thin diffusers pipeline per video model, all driven by :func:`ivmixed.sampler.sample_iv_mixed`."""
+"""One thin diffusers pipeline per video model, all driven by :func:`ivmixed.sampler.sample_iv_mixed`.
+
+The pipelines by name, with their defaults, are in :mod:`ivmixed.registry`."""
 
 from .animatediff import IVMixedAnimateDiffPipeline
 from .common import IVMixedPipelineOutput, NonFiniteLatentsError
@@ -6,15 +8,7 @@ from .modelscope import IVMixedModelScopePipeline
 from .text_to_video import IVMixedTextToVideoPipeline
 from .videocrafter import IVMixedVideoCrafterPipeline
 
-# The pipelines by the names the CLI and the configs use.
-PIPELINES = {
-    "Animatediff": IVMixedAnimateDiffPipeline,
-    "ModelScope": IVMixedModelScopePipeline,
-    "VideoCrafter": IVMixedVideoCrafterPipeline,
-}
-
 __all__ = [
-    "PIPELINES",
     "IVMixedAnimateDiffPipeline",
     "IVMixedModelScopePipeline",
     "IVMixedPipelineOutput",

@@ -143,7 +143,7 @@ class IVMixedSamplingMixin:
     """
 
     default_zz = IVMixedSettings.zz
-    # The published code's deviations from section 1 that ``reference_compat=True`` reproduces.
+    # The published code's deviations from docs/ALGORITHM.md that ``reference_compat=True`` reproduces.
     reference_compat_options = ReferenceCompat()
     # Pixel size when the UNet's config has no sample_size.
     fallback_height = 256
