@@ -36,3 +36,14 @@ def snapshot(folder):
             with open(os.path.join(folder, name), "rb") as f:
                 out[name] = f.read()
     return out
+
+
+def run_main(args, capsys):
+    """The command line in this process: ``(exit status, stderr)``."""
+    from ivmixed.cli import main
+
+    try:
+        code = main(args)
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err

@@ -1,6 +1,5 @@
 """Benchmark-scale runs: prompt files, the manifest and resume, several processes, interruption, side by side."""
 
-import json
 import os
 import signal
 import subprocess

@@ -2,21 +2,12 @@
 
 import imageio.v3 as iio
 import pytest
-from runs import only_record
+from runs import only_record, run_main
 
-from ivmixed.cli import main
 from ivmixed.config import build_config
 from ivmixed.runner import Runner
 
 TINY = ["--tiny", "--inference-step", "2", "--device", "cpu"]
-
-
-def run_main(args, capsys):
-    try:
-        code = main(args)
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
 
 
 def test_forty_frames_on_the_32_frame_tiny_adapter_use_context_windows(tmp_path, capsys):

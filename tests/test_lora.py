@@ -315,3 +315,29 @@ def test_cli_records_the_lora(tmp_path, lora_file):
     record = only_record(out)
     assert record["lora"]["path"] == lora_file and record["lora"]["scale"] == 0.5
     assert record["lora"]["kind"] == "file" and record["lora"]["merged_layers"] == len(layers_of("unet"))
+
+
+def test_converter_checks_its_paths_before_loading(tmp_path, lora_file, monkeypatch):
+    from ivmixed.errors import ModelLoadError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        convert_lora("org/any-model", lora_file, str(blocker / "sub" / "out"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hub"))
+    with pytest.raises(ModelLoadError, match="`hf download ivmixed-test/no-such-sd` while online") as info:
+        convert_lora("ivmixed-test/no-such-sd", lora_file, str(tmp_path / "out"))
+    assert info.value.render(lambda name: "--" + name).endswith("with --base_model_path)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_converter_script_says_one_line_for_an_uncached_base_model(tmp_path, lora_file):
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lora",
+                          "convert_lora_safetensor_to_diffusers.py")
+    result = subprocess.run([sys.executable, script, "--base_model_path", "ivmixed-test/no-such-sd", "--checkpoint_path",
+                             lora_file, "--dump_path", str(tmp_path / "out")], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hub")})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[-1]]
+    assert "hf download ivmixed-test/no-such-sd" in result.stderr

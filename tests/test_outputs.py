@@ -11,24 +11,15 @@ import time
 
 import imageio.v3 as iio
 import pytest
-from runs import files_of, manifest_lines, only_record, records, snapshot
+from runs import files_of, manifest_lines, only_record, records, run_main, snapshot
 
 from ivmixed import export
-from ivmixed.cli import main
 from ivmixed.config import build_config
 from ivmixed.manifest import Manifest
 from ivmixed.runner import Runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--tiny", "--inference-step", "2", "--num-frames", "2", "--device", "cpu"]
-
-
-def run_main(args, capsys):
-    try:
-        code = main(args)
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
 
 
 def count_generations(monkeypatch):

@@ -8,21 +8,12 @@ import imageio.v3 as iio
 import pytest
 import torch
 
-from runs import manifest_lines, only_record
+from runs import manifest_lines, only_record, run_main
 
 from ivmixed.cli import main
 from ivmixed.runner import Runner
 from ivmixed.export import atomic_path, write_json
 from ivmixed.testing import save_tiny_checkpoints
-
-
-def run_main(args, capsys):
-    try:
-        code = main(args)
-    except SystemExit as exc:
-        code = exc.code
-    err = capsys.readouterr().err
-    return code, err
 
 
 def error_line(err):
