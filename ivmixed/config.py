@@ -408,7 +408,7 @@ def preset(config: RunConfig) -> Dict[str, Any]:
     """The settings a ``configs/<pipeline>.yaml`` preset spells out: the pipeline, its checkpoints and its
     generation defaults."""
     keys = ("num_frames", "height", "width", "guidance_scale", "inference_step") + tuple(
-        k for k in IV_MIXED_KEYS if k != "interval_end") + config.spec.options
+        k for k in IV_MIXED_KEYS if k != "interval_end") + tuple(k for k in config.spec.options if k in config.spec.defaults)
     s = config.settings()
     return {"pipeline": config.pipeline, **config.model_sources(), **{k: s[k] for k in keys}}
 

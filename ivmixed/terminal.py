@@ -74,7 +74,10 @@ class ProgressAwareHandler(logging.Handler):
 
 
 def install_terminal(level: int = logging.INFO) -> None:
-    """Make stderr safe and route the ``ivmixed`` logger through :class:`ProgressAwareHandler` (once)."""
+    """Make stderr safe and route the ``ivmixed`` logger through :class:`ProgressAwareHandler` (once).
+
+    The command line configures no root handler, so each line is printed once; records still propagate, so an
+    application's own logging configuration sees them too."""
     if not isinstance(sys.stderr, SafeStream):
         sys.stderr = SafeStream(sys.stderr)
     logger = logging.getLogger("ivmixed")
@@ -83,4 +86,3 @@ def install_terminal(level: int = logging.INFO) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.setLevel(level)
-    logger.propagate = False
