@@ -197,28 +197,29 @@ IV_MIXED_KEYS = tuple(f.name for f in fields(IVMixedSettings))
 # -- reading values ------------------------------------------------------------------------------------------
 
 
-def typed_value(key: str, value: Any, where: str) -> Any:
+def typed_value(key: str, value: Any, where: str = "") -> Any:
     """``value`` as setting ``key``'s type, or a :class:`ConfigError` naming ``where`` it came from."""
     s = SETTINGS[key]
+    where = where + ": " if where else ""
     if value is None:
         if s.nullable:
             return None
-        raise ConfigError(f"{where}: {{{key}}} is empty (null); give a value or remove it to use the default")
+        raise ConfigError(f"{where}{{{key}}} is empty (null); give a value or remove it to use the default")
     if s.type is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: {{{key}}} must be true or false, got {quote(value)}")
+        raise ConfigError(f"{where}{{{key}}} must be true or false, got {quote(value)}")
     if s.type is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: {{{key}}} must be a whole number, got {quote(value)}")
+        raise ConfigError(f"{where}{{{key}}} must be a whole number, got {quote(value)}")
     if s.type is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise ConfigError(f"{where}: {{{key}}} must be a number, got {quote(value)}")
+        raise ConfigError(f"{where}{{{key}}} must be a number, got {quote(value)}")
     if isinstance(value, str):
         return value
-    raise ConfigError(f"{where}: {{{key}}} must be text, got {quote(value)}")
+    raise ConfigError(f"{where}{{{key}}} must be text, got {quote(value)}")
 
 
 def load_yaml_config(path: str) -> Dict[str, Any]:
@@ -254,7 +255,7 @@ def load_yaml_config(path: str) -> Dict[str, Any]:
 
 @dataclass(frozen=True)
 class Layers:
-    """Where each value of a built configuration came from, for the log and the record."""
+    """What the layering did that a user should hear of: the config file's values ``tiny`` sizes replaced."""
 
     tiny_over_config: Tuple[str, ...] = ()
 
@@ -295,8 +296,7 @@ def build_config_with_layers(given: Optional[Mapping[str, Any]] = None,
             values.update(TINY_SIZES)
     values.update(given)
     values["pipeline"], values["tiny"] = spec.name, tiny
-    for key, value in values.items():
-        values[key] = typed_value(key, value, "setting") if value is not None or not SETTINGS[key].nullable else None
+    values = {key: typed_value(key, value) for key, value in values.items()}
     config = RunConfig(
         iv_mixed=IVMixedSettings(**{k: values.pop(k) for k in IV_MIXED_KEYS}),
         **values,

@@ -67,10 +67,6 @@ class Manifest:
                            "describe count as unfinished", self.path, lines)
         return out
 
-    def is_finished(self, record: dict) -> bool:
-        """Whether every file the record names is still there."""
-        return all(os.path.isfile(os.path.join(self.folder, p)) for p in record.get("files", {}).values())
-
     def append(self, record: dict) -> None:
         """Add one record as a single locked, synced write; on failure the file is cut back to its old end."""
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")

@@ -60,7 +60,6 @@ class RunReport:
 
     made: List[Dict[str, Any]] = field(default_factory=list)
     skipped: int = 0
-    planned: int = 0
 
 
 def plan_jobs(config: RunConfig) -> List[Job]:
@@ -271,7 +270,7 @@ class Runner:
         loaded = self.pipelines.get(config) if plan.todo else None
         state = process_state(config)
         is_main = state is None or state.is_main_process
-        self.report = RunReport(skipped=plan.finished, planned=len(plan.todo) + plan.finished)
+        self.report = RunReport(skipped=plan.finished)
         if is_main:
             self._log_plan(plan)
             if self.context is not None and plan.todo:
