@@ -19,6 +19,7 @@ _LAZY = {
     "IVMixedTextToVideoPipeline": ".pipelines",
     "IVMixedVideoCrafterPipeline": ".pipelines",
     "VideoCrafterUNet3DConditionModel": ".models",
+    "run_sweep": ".sweep",
 }
 
 __all__ = [
