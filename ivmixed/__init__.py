@@ -30,6 +30,7 @@ _LAZY = {
     "build_config": ".config",
     "Runner": ".runner",
     "tiny_pipeline": ".testing",
+    "run_sweep": ".sweep",
 }
 
 __all__ = list(_LAZY)

@@ -25,7 +25,7 @@ logger = logging.getLogger("ivmixed")
 
 GROUPS = ("what to generate", "IV-mixed sampling (quality vs temporal coherence)", "models", "output and run",
           "speed and memory")
-CLI_ONLY = ("config", "debug", "verbose")
+CLI_ONLY = ("config", "debug", "verbose", "sweep", "max_cells")
 
 
 def flag(name: str) -> str:
@@ -91,6 +91,13 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML file of settings (see configs/); flags given here override it")
     run.add_argument("--debug", action="store_true", help="show full tracebacks")
     run.add_argument("--verbose", action="store_true", help="show the libraries' own messages and loading bars")
+    sweep = p.add_argument_group("settings sweep (X/Y grid; see ivmixed.sweep)")
+    sweep.add_argument("--sweep", action="append", metavar="KEY=V1,V2,...",
+                       help="make one video per value of an IV-mixed setting, guidance_scale or inference_step, from "
+                       "the same seed; repeat for a grid (the first across, the others down); writes a grid video "
+                       "and PNG per prompt beside one shared baseline (standard) video")
+    sweep.add_argument("--max-cells", "--max_cells", dest="max_cells", type=int, metavar="N",
+                       help="allow a sweep of up to N cells (without it, at most 64)")
     return p
 
 
@@ -105,7 +112,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         config, layers = build_config_with_layers(given, config_file)
         from .runner import Runner, RunStopped
 
-        runner = Runner(config, command_line=[parser.prog, *(sys.argv[1:] if argv is None else argv)])
+        command_line = [parser.prog, *(sys.argv[1:] if argv is None else argv)]
+        if args.sweep or args.max_cells is not None:
+            from .sweep import Sweep, parse_sweep
+
+            if not args.sweep:
+                raise SettingError("{max_cells} applies to a {sweep} only")
+            runner = Sweep(config, parse_sweep(args.sweep), max_cells=args.max_cells, command_line=command_line)
+        else:
+            runner = Runner(config, command_line=command_line)
+        unit = "cell video(s)" if args.sweep else "prompt(s)"
         if config.tiny:
             logger.warning("--tiny: random tiny models at %s; the videos are noise and only check the install",
                            describe_tiny(layers, config))
@@ -122,12 +138,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             report = runner.run()
         except RunStopped as exc:
             made = len(runner.report.made)
-            print(f"{parser.prog}: interrupted after {made} finished prompt(s) in this run; every file written is "
+            print(f"{parser.prog}: interrupted after {made} finished {unit} in this run; every file written is "
                   "complete; run the same command again to make the rest", file=sys.stderr)
             return 128 + (exc.signum or signal.SIGINT)
         except KeyboardInterrupt:
             made = len(runner.report.made)
-            print(f"{parser.prog}: interrupted after {made} finished prompt(s) in this run; every file written is "
+            print(f"{parser.prog}: interrupted after {made} finished {unit} in this run; every file written is "
                   "complete; run the same command again to make the rest", file=sys.stderr)
             return 130
         except Exception as exc:  # one line for the user; the traceback with --debug
@@ -136,7 +152,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             status, message = describe_failure(exc)
             print(f"{parser.prog}: error: {message}", file=sys.stderr)
             return status
-    logger.info("done: %d prompt(s) made in this run, %d already finished, in %s", len(report.made), report.skipped,
+    logger.info("done: %d %s made in this run, %d already finished, in %s", len(report.made), unit, report.skipped,
                 runner.config.output_dir)
     return 0
 

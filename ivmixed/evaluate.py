@@ -27,7 +27,7 @@ DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 VARIANTS = ("standard", "iv_mix")  # CSV order: the baseline first
 DIFFERENCE = "iv_mix_minus_standard"
 METRICS = ("clip_score", "frame_consistency")
-CSV_COLUMNS = ("id", "prompt", "seed", "variant", "num_frames") + METRICS
+CSV_COLUMNS = ("id", "prompt", "seed", "variant", "num_frames") + METRICS + ("file",)
 
 
 class UsageError(ValueError):
@@ -126,33 +126,42 @@ def read_video(path: str) -> np.ndarray:
 def evaluate(
     output_dir: str, clip_model: str = DEFAULT_CLIP_MODEL, device: str = "cpu", batch_size: Optional[int] = 32
 ) -> List[Dict[str, Any]]:
-    """One row per readable video listed in the manifest; unreadable videos are logged and left out."""
+    """One row per readable video listed in the manifest (and per sweep baseline no record lists); unreadable
+    videos are logged and left out. A video several records share (a sweep's standard video) is scored once."""
     from tqdm.auto import tqdm
 
+    from .sweep import sweep_baselines
+
     entries = read_manifest(output_dir)
+    entries += sweep_baselines(output_dir, entries)
     jobs = [(entry, variant) for entry in entries for variant in VARIANTS if isinstance(entry["files"].get(variant), str)]
     from .loading import ensure_available
 
     ensure_available([("CLIP model", clip_model, "clip_model", "config.json")])
     model, processor = load_clip(clip_model, device)
-    rows = []
+    rows, scored = [], {}
     for entry, variant in tqdm(jobs, desc="evaluating", unit="video", disable=None):
         path = os.path.join(output_dir, entry["files"][variant])
-        try:
-            frames = read_video(path)
-        except Exception as exc:  # imageio raises OSError, ValueError or plugin errors for missing or broken files
-            logger.warning("skipping %s: cannot read it (%s)", path, exc)
-            continue
-        alignment, consistency = clip_scores(model, processor, frames, entry["prompt"], batch_size)
+        key = (path, entry["prompt"])
+        if key not in scored:
+            try:
+                frames = read_video(path)
+            except Exception as exc:  # imageio raises OSError, ValueError or plugin errors for missing or broken files
+                logger.warning("skipping %s: cannot read it (%s)", path, exc)
+                continue
+            scored[key] = len(frames), clip_scores(model, processor, frames, entry["prompt"], batch_size)
+        count, (alignment, consistency) = scored[key]
         rows.append(
             {
                 "id": run_label(entry),
                 "prompt": entry["prompt"],
                 "seed": entry.get("seed"),
                 "variant": variant,
-                "num_frames": len(frames),
+                "num_frames": count,
                 "clip_score": alignment,
                 "frame_consistency": consistency,
+                "file": entry["files"][variant],
+                "record": entry["fingerprint"],
             }
         )
     if not rows:
@@ -173,7 +182,7 @@ def summarize(rows: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
         chosen = [r for r in rows if r["variant"] == variant]
         summary[variant] = {m: _mean([r[m] for r in chosen]) for m in METRICS}
         summary[variant]["videos"] = len(chosen)
-    by_key = {(r["id"], r["variant"]): r for r in rows}
+    by_key = {(r.get("record", r["id"]), r["variant"]): r for r in rows}  # by record: a sweep's cells share an id
     pairs = [(by_key[(i, "iv_mix")], by_key[(i, "standard")]) for i, v in by_key if v == "standard" and (i, "iv_mix") in by_key]
     summary[DIFFERENCE] = {m: _mean([iv[m] - std[m] for iv, std in pairs]) for m in METRICS}
     summary[DIFFERENCE]["videos"] = len(pairs)
@@ -217,8 +226,8 @@ def _cell(value: Any, digits: int = 2) -> str:
 
 def write_markdown(rows: Sequence[Dict[str, Any]], summary: Dict[str, Dict[str, float]], path: str, clip_model: str) -> str:
     """A per-prompt table (standard beside IV-mixed) and an averages table, for a README or a PR."""
-    by_key = {(r["id"], r["variant"]): r for r in rows}
-    ids = list(dict.fromkeys(r["id"] for r in rows))
+    by_key = {(r.get("record", r["id"]), r["variant"]): r for r in rows}
+    ids = list(dict.fromkeys(r.get("record", r["id"]) for r in rows))
     lines = [
         "# IV-mixed vs standard sampling",
         "",
@@ -233,7 +242,7 @@ def write_markdown(rows: Sequence[Dict[str, Any]], summary: Dict[str, Dict[str, 
     for i in ids:
         std, iv = by_key.get((i, "standard"), {}), by_key.get((i, "iv_mix"), {})
         first = iv or std
-        cells = [i, first["prompt"], first["seed"]]
+        cells = [first["id"], first["prompt"], first["seed"]]
         cells += [row.get(m, math.nan) for m in METRICS for row in (std, iv)]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     lines += [
@@ -318,11 +327,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"{parser.prog}: error: {exc.render(_flag)}", file=sys.stderr)
             return 1
     summary = summarize(rows)
+    from .sweep import plot_sweeps
+
     for path in (
         write_csv(rows, os.path.join(args.output_dir, "metrics.csv")),
         write_summary_csv(summary, os.path.join(args.output_dir, "metrics_summary.csv")),
         write_markdown(rows, summary, os.path.join(args.output_dir, "metrics.md"),
                        "tiny random CLIP" if args.tiny else args.clip_model),
+        *(p for plot in plot_sweeps(args.output_dir, rows) for p in (plot.path, plot.table)),
     ):
         logger.info("wrote %s", path)
     for variant in VARIANTS + (DIFFERENCE,):
