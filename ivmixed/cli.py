@@ -110,7 +110,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         config_file = load_yaml_config(args.config) if args.config else {}
         config, layers = build_config_with_layers(given, config_file)
-        from .runner import Runner, RunStopped
+        from .runner import Runner
 
         command_line = [parser.prog, *(sys.argv[1:] if argv is None else argv)]
         if args.sweep or args.max_cells is not None:
@@ -136,16 +136,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     with handle_signals():
         try:
             report = runner.run()
-        except RunStopped as exc:
-            made = len(runner.report.made)
-            print(f"{parser.prog}: interrupted after {made} finished {unit} in this run; every file written is "
-                  "complete; run the same command again to make the rest", file=sys.stderr)
-            return 128 + (exc.signum or signal.SIGINT)
-        except KeyboardInterrupt:
-            made = len(runner.report.made)
-            print(f"{parser.prog}: interrupted after {made} finished {unit} in this run; every file written is "
-                  "complete; run the same command again to make the rest", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as RunStopped
+            print(f"{parser.prog}: interrupted after {len(runner.report.made)} finished {unit} in this run; every "
+                  "file written is complete; run the same command again to make the rest", file=sys.stderr)
+            return 128 + (getattr(exc, "signum", None) or signal.SIGINT)
         except Exception as exc:  # one line for the user; the traceback with --debug
             if args.debug:
                 raise

@@ -6,7 +6,6 @@ Labels scale with the frame size (about 1/20 of the frame height, at least 10 px
 
 from __future__ import annotations
 
-import textwrap
 from typing import Optional, Sequence
 
 import numpy as np
@@ -57,10 +56,9 @@ def grid_image(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str], 
     size = font.size if hasattr(font, "size") else 10
     gap = max(2, h // 32)
     line = size + gap
-    chars = max(20, int((len(column_labels) * (w + gap)) / (0.55 * size)))
-    caption_lines = textwrap.wrap(caption, chars) if caption else []
-    top = len(caption_lines) * line + (gap if caption_lines else 0)
     width = len(column_labels) * (w + gap) + gap
+    caption_lines = _wrap(caption, font, width - 2 * gap) if caption else []
+    top = len(caption_lines) * line + (gap if caption_lines else 0)
     height = top + len(rows) * (h + 2 * line) + gap
     sheet = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
@@ -76,6 +74,20 @@ def grid_image(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str], 
             sheet.paste(Image.fromarray(tile), (x, y + line))
         y += h + line
     return np.asarray(sheet)
+
+
+def _wrap(text: str, font, width: int) -> list:
+    """``text`` in lines no wider than ``width`` pixels (a word longer than that gets a line of its own)."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines, current = [], ""
+    for word in text.split():
+        candidate = f"{current} {word}".strip()
+        if current and measure.textlength(candidate, font=font) > width:
+            lines.append(current)
+            current = word
+        else:
+            current = candidate
+    return lines + ([current] if current else [])
 
 
 def contact_sheet(standard: np.ndarray, iv_mixed: np.ndarray, max_frames: int = 8,
