@@ -103,6 +103,11 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; returns the exit status."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words[:1] == ["app"]:  # ivmixed app [options]: the web app
+        from .app import main as app_main
+
+        return app_main(words[1:])
     install_terminal()
     parser = build_parser()
     args = parser.parse_args(argv)
