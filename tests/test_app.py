@@ -265,7 +265,11 @@ def test_page_in_headless_chromium_generates_both_videos(server):
             assert rows["Standard"][:2] == ["2", "0"], rows
             assert re.search(r"Made", page.inner_text("#status"))
             page.wait_for_selector("#contact-sheet img", timeout=10000)
-            save_screenshot(page, os.path.join(ROOT, "docs", "app.png"))
+            # the README's picture: refreshed with IVMIXED_UPDATE_DOCS=1, else kept beside the test's files
+            shot = os.path.join(ROOT, "docs", "app.png") if os.environ.get("IVMIXED_UPDATE_DOCS") else str(
+                server.app.output_dir) + "-screenshot.png"
+            save_screenshot(page, shot)
+            assert os.path.getsize(shot) > 10_000
         finally:
             browser.close()
     lines = manifest_lines(server.app.output_dir)
