@@ -551,8 +551,9 @@ def build_ui(app: App):
                                     loop=True, height=VIDEO_HEIGHT)
             with gr.Row():
                 with gr.Column(scale=1):
-                    sheet = gr.Image(label="Contact sheet (standard above, IV-mixed below)", type="filepath",
-                                     interactive=False, elem_id="contact-sheet")
+                    # the label as text above: Gradio's label badge would cover the sheet's caption
+                    gr.Markdown("Contact sheet (standard above, IV-mixed below)")
+                    sheet = gr.Image(show_label=False, type="filepath", interactive=False, elem_id="contact-sheet")
                 with gr.Column(scale=1):
                     calls = gr.Dataframe(headers=CALLS_HEADERS, value=[], label="Guided network calls and time "
                                          "per video", interactive=False, type="array", elem_id="calls-table")
