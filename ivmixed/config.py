@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from .errors import SettingError, quote
 from .loading import looks_like_path
 from .registry import CHECKPOINT_KEYS, PIPELINES, PipelineSpec, find_pipeline
-from .sampler import IVMixedSettings
+from .settings import IVMixedSettings
 
 ConfigError = SettingError  # the name the rest of the package and its users know
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import TYPE_CHECKING, List
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def guidance_schedule(begin: float, end: float, num_steps: int, rho: float = 7.0) -> List[float]:

@@ -8,7 +8,6 @@ Nothing here loads a model, touches a file or prints: a pipeline (or a test) han
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
 from typing import Callable, ContextManager, Dict, List, Optional
 
 import torch
@@ -16,86 +15,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from tqdm.auto import tqdm
 
-from .errors import SettingError
-from .guidance import guidance_schedule
+from .settings import NO_DEVIATIONS, IVMixedSettings, ReferenceCompat
+
+__all__ = ["IVMixedSettings", "ReferenceCompat", "count_network_calls", "ddim_move", "image_model_needed",
+           "sample_iv_mixed"]
 
 NoisePredictor = Callable[[torch.Tensor, int, float], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], Optional[torch.Tensor]]
-
-
-def _knob(default, help: str):
-    """A field of :class:`IVMixedSettings` with the one sentence the CLI and the docs show for it."""
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass(frozen=True)
-class IVMixedSettings:
-    """The knobs of IV-mixed sampling: the single owner of their defaults, checks and help texts.
-
-    Names match the pipeline keywords and the YAML keys; the CLI derives its flags from these fields.
-    """
-
-    interval_begin: int = _knob(0, "first step (0-based) with the zigzag")
-    interval_end: Optional[int] = _knob(None, "last step with the zigzag (default: the last step, N-1)")
-    zz: int = _knob(1000, "image-model share: step i zigzags with the image model when i % zz < zz - 1, else with "
-                          "the video model; 1 = never (favours coherence), larger = more often (favours detail)")
-    i_sigma_begin: float = _knob(4.0, "image-model guidance weight at the first step, >= 0")
-    i_sigma_end: float = _knob(4.0, "image-model guidance weight at the last step, >= 0")
-    v_sigma_begin: float = _knob(4.0, "video-model guidance weight at the first step, >= 0")
-    v_sigma_end: float = _knob(4.0, "video-model guidance weight at the last step, >= 0")
-    rho: float = _knob(7.0, "curvature of the guidance schedules between begin and end (Karras-style), > 0")
-
-    def resolved(self, num_steps: int) -> "IVMixedSettings":
-        """A copy with ``interval_end`` filled in (last step by default), checked against ``num_steps``."""
-        end = num_steps - 1 if self.interval_end is None else self.interval_end
-        settings = replace(self, interval_end=end)
-        settings.check(num_steps)
-        return settings
-
-    def check(self, num_steps: int) -> None:
-        """Raise :class:`~ivmixed.errors.SettingError` with an actionable message for values the sampler
-        cannot honour."""
-        if num_steps < 1:
-            raise SettingError(f"the number of inference steps must be at least 1, got {num_steps}")
-        end = num_steps - 1 if self.interval_end is None else self.interval_end
-        if not 0 <= self.interval_begin <= num_steps - 1:
-            raise SettingError(f"{{interval_begin}} must be between 0 and {num_steps - 1} (steps - 1), got {self.interval_begin}")
-        if not 0 <= end <= num_steps - 1:
-            raise SettingError(f"{{interval_end}} must be between 0 and {num_steps - 1} (steps - 1), got {end}")
-        if self.interval_begin > end:
-            raise SettingError(f"{{interval_begin}} ({self.interval_begin}) must not be after {{interval_end}} ({end})")
-        if self.zz < 1:
-            raise SettingError(f"{{zz}} must be at least 1, got {self.zz}")
-        for name in ("i_sigma_begin", "i_sigma_end", "v_sigma_begin", "v_sigma_end"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise SettingError(f"{{{name}}} must be a finite number >= 0, got {value}")
-        if not math.isfinite(self.rho) or self.rho <= 0:
-            raise SettingError(f"{{rho}} must be a positive number, got {self.rho}")
-        for who, begin, end in (("i", self.i_sigma_begin, self.i_sigma_end), ("v", self.v_sigma_begin, self.v_sigma_end)):
-            try:
-                weights = guidance_schedule(begin, end, max(num_steps, 2), self.rho)
-                finite = all(math.isfinite(w) for w in weights)
-            except OverflowError:
-                finite = False
-            if not finite:
-                raise SettingError(f"the guidance schedule from {{{who}_sigma_begin}} {begin:g} to {{{who}_sigma_end}} "
-                                   f"{end:g} with {{rho}} {self.rho:g} overflows; use smaller weights or another rho")
-
-    def uses_image_model(self, step: int) -> bool:
-        """Whether the zigzag of ``step`` moves with the image model (else the video model)."""
-        return step % self.zz < self.zz - 1
-
-    def zigzag_steps(self) -> range:
-        """The steps that zigzag (on settings whose ``interval_end`` is filled in, see :meth:`resolved`)."""
-        return range(self.interval_begin, self.interval_end + 1)  # type: ignore[operator]
-
-    def image_model_needed(self) -> bool:
-        """Whether any zigzag step moves with the image model (on resolved settings)."""
-        return any(self.uses_image_model(i) for i in self.zigzag_steps())
-
-    def in_interval(self, step: int) -> bool:
-        return self.interval_begin <= step <= self.interval_end  # type: ignore[operator]
 
 
 def ddim_move(x: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: float) -> torch.Tensor:
@@ -114,48 +40,12 @@ def _tqdm_bar(total: int) -> ContextManager:
     return tqdm(total=total)
 
 
-@dataclass(frozen=True)
-class ReferenceCompat:
-    """Where the published code departs from docs/ALGORITHM.md, one switch per deviation.
-
-    Each pipeline names the deviations its reference code had, so ``reference_compat=True`` reproduces that
-    code while the sampler stays free of pipeline names. ``ReferenceCompat(table_length=None)`` is the algorithm of docs/ALGORITHM.md.
-    """
-
-    # Guidance tables of this many entries whatever the step count, indexed by step (None: N entries).
-    table_length: Optional[int] = 50
-    # Moves 1 and 2 swap timesteps: M at t1 moves abar(t1) -> abar(t1 - D), the video model at t abar(t) -> abar(t - D).
-    swap_first_moves: bool = False
-    # zz is ignored: the image model takes moves 1 and 3 on every zigzag step.
-    image_model_every_step: bool = False
-    # The image model's moves resize the whole latent (nearest) to this size, move there and resize back.
-    image_move_size: Optional[int] = None
-    # Where the video model takes M's place, moves 1 and 3 use the image model's weight.
-    video_model_image_weight: bool = False
-    # The main step sees per-frame latents ``(b f) c h w``, which places a stochastic scheduler's noise differently.
-    per_frame_main_step: bool = False
-
-    def check(self, num_steps: int) -> None:
-        if self.table_length is not None and num_steps > self.table_length:
-            raise SettingError(
-                f"{{reference_compat}} supports at most {self.table_length} inference steps (the published code's "
-                f"guidance tables have {self.table_length} entries), got {num_steps}"
-            )
-
-    def uses_image_model(self, settings: IVMixedSettings, step: int) -> bool:
-        return self.image_model_every_step or settings.uses_image_model(step)
-
-    def weights(self, begin: float, end: float, num_steps: int, rho: float) -> List[float]:
-        return guidance_schedule(begin, end, self.table_length or num_steps, rho)[:num_steps]
-
-
-SECTION_ONE = ReferenceCompat(table_length=None)
 
 
 def _compat(reference_compat: Optional[ReferenceCompat]) -> ReferenceCompat:
     """The deviations to apply: none for ``None``; a bare ``True`` is refused, as it names none."""
     if reference_compat is None or reference_compat is False:
-        return SECTION_ONE
+        return NO_DEVIATIONS
     if not isinstance(reference_compat, ReferenceCompat):
         raise TypeError("reference_compat takes a ReferenceCompat (e.g. a pipeline's reference_compat_options), "
                         f"got {reference_compat!r}")

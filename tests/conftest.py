@@ -22,3 +22,11 @@ def animatediff_pipe(animatediff_paths):
     pipe = IVMixedAnimateDiffPipeline.from_checkpoints(**animatediff_paths)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def clip_folder(tmp_path_factory):
+    """A tiny random CLIP (32 px images) and its processor, saved like a hub repository."""
+    from ivmixed.testing import save_tiny_clip
+
+    return save_tiny_clip(str(tmp_path_factory.mktemp("tiny-clip")))

@@ -14,15 +14,8 @@ import torch
 from transformers import CLIPModel, CLIPProcessor
 
 from ivmixed import evaluate as ev
-from ivmixed.testing import save_tiny_clip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def clip_folder(tmp_path_factory):
-    """A tiny random CLIP (32 px images) and its processor, saved like a hub repository."""
-    return save_tiny_clip(str(tmp_path_factory.mktemp("tiny-clip")))
 
 
 @pytest.fixture(scope="module")

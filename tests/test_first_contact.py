@@ -98,3 +98,12 @@ def test_contact_sheet_labels_scale_and_frames_have_gaps(size):
     assert sheet.shape[1] > 4 * size and sheet.shape[0] > 2 * size  # gaps, labels and a caption around the frames
     white_columns = np.where((sheet == 255).all(axis=(0, 2)))[0]
     assert len(white_columns) >= 3 * max(2, size // 32)  # the gaps between the four frames are blank
+
+
+def test_bad_values_and_help_answer_without_importing_torch():
+    result = python("import sys\nfrom ivmixed.cli import main\n"
+                    "for args in (['--prompt', 'x', '--zz', '0'], ['--help']):\n"
+                    "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
+                    "print('torch' in sys.modules)")
+    assert result.stdout.strip().splitlines()[-1] == "False"
+    assert "--zz must be at least 1, got 0" in result.stderr

@@ -13,7 +13,6 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 from runs import manifest_lines, records
-from test_evaluate import clip_folder  # noqa: F401 (a tiny random CLIP, saved once per module)
 
 from ivmixed import evaluate as ev
 from ivmixed.cli import main
