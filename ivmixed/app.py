@@ -312,10 +312,9 @@ class App:
 
     def _finished_record(self, runner) -> Dict[str, Any]:
         """The record of a set the manifest lists as finished (the same settings ran before, here or in the CLI)."""
-        from .outputs import lora_identity, output_set
         from .runner import plan_jobs
 
-        outputs = output_set(runner.config, plan_jobs(runner.config)[0], lora_identity(runner.config))
+        outputs = runner.output_set(plan_jobs(runner.config)[0])
         with open(os.path.join(self.output_dir, outputs.files["record"]), encoding="utf-8") as f:
             return json.load(f)
 

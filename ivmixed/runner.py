@@ -12,9 +12,10 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .config import RunConfig, check_output_dir, with_resolved_runtime
 from .errors import SettingError
@@ -200,17 +201,12 @@ class Runner:
         config = self.config
         jobs = plan_jobs(config) if jobs is None else jobs
         check_output_dir(config.output_dir)
-        self.context = self._context_windows()
         for job in jobs:
             self._check_prompt(job)
-        try:
-            lora = lora_identity(config)
-        except (OSError, ValueError) as exc:
-            raise SettingError(f"{{lora}}: {exc}") from None
         done = self.manifest.records()
         todo, finished, seen = [], 0, set()
         for job in jobs:
-            outputs = output_set(config, job, lora, self.context)
+            outputs = self.output_set(job)
             if outputs.fingerprint in seen:
                 continue
             seen.add(outputs.fingerprint)
@@ -220,6 +216,23 @@ class Runner:
             else:
                 finished += 1
         return Plan(jobs, todo, finished, len(jobs) - len(seen))
+
+    def output_set(self, job: Job) -> OutputSet:
+        """The files ``job`` makes under this run's configuration (see :mod:`ivmixed.outputs`)."""
+        return output_set(self.config, job, self.lora, self.context)
+
+    @cached_property
+    def lora(self) -> Optional[Dict[str, Any]]:
+        """The LoRA as it changes frames (content hash, scale, target), for the fingerprints."""
+        try:
+            return lora_identity(self.config)
+        except (OSError, ValueError) as exc:
+            raise SettingError(f"{{lora}}: {exc}") from None
+
+    @cached_property
+    def context(self) -> Optional[Tuple[int, int]]:
+        """``(length, stride)`` of this run's context windows, or None (see :meth:`_context_windows`)."""
+        return self._context_windows()
 
     def _context_windows(self):
         """``(length, stride)`` of FreeNoise's context windows for this run, or None (see

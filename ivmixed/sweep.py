@@ -331,7 +331,6 @@ class Sweep:
                  on_step=None, should_stop: Optional[Callable[[], bool]] = None,
                  on_cell: Optional[Callable[[int, int, Values], None]] = None,
                  command_line: Optional[Sequence[str]] = None, progress_bars: bool = True):
-        from .outputs import lora_identity, output_set
         from .runner import PipelineCache, Runner, plan_jobs
 
         self.grid = as_grid(grid)
@@ -357,15 +356,11 @@ class Sweep:
         plan = self.base.plan(self.jobs)  # checks the output folder and the frame limit; reads no model
         self.jobs, seen = [], set()
         for job in plan.jobs:  # a prompt repeated with the same seed is made once, under its first name
-            fp = output_set(self.config, job, None).fingerprint
+            fp = self.base.output_set(job).fingerprint
             if fp not in seen:
                 seen.add(fp)
                 self.jobs.append(job)
-        try:
-            lora = lora_identity(self.config)
-        except (OSError, ValueError) as exc:
-            raise SettingError(f"{{lora}}: {exc}") from None
-        self.prompts = [self._prompt_grid(job, lora, output_set) for job in self.jobs]
+        self.prompts = [self._prompt_grid(job) for job in self.jobs]
         keys = "-".join(self.grid.keys)
         self.fingerprint = _hash({"axes": self.grid.as_json(), "prompts": [p.fingerprint for p in self.prompts]})
         self.sweep_file = f"sweep_{keys}_{self.fingerprint[:SHORT]}{SWEEP_SUFFIX}"
@@ -377,9 +372,9 @@ class Sweep:
     def baseline_calls(self) -> int:
         return calls(self.config.inference_step, None) if not self.config.no_standard else 0
 
-    def _prompt_grid(self, job, lora, output_set) -> PromptGrid:
-        outputs = [output_set(cell.runner.config, job, lora) for cell in self.cells]
-        baseline = None if self.config.no_standard else output_set(self.config, job, lora)
+    def _prompt_grid(self, job) -> PromptGrid:
+        outputs = [cell.runner.output_set(job) for cell in self.cells]
+        baseline = None if self.config.no_standard else self.base.output_set(job)
         standard_fp = baseline.standard_fingerprint if baseline else None
         fp = _hash({"layout": GRID_LAYOUT, "axes": self.grid.as_json(), "cells": [o.fingerprint for o in outputs],
                     "baseline": standard_fp, "fps": self.config.fps, "format": self.config.format})
@@ -422,6 +417,7 @@ class Sweep:
         if missing:
             loaded = self.pipelines.get(config)
             loaded.pipe.set_progress_bar_config(position=0, leave=True, disable=not self.progress_bars)
+            self.base._set_context_windows(loaded.pipe)  # long videos: the baseline uses the cells' windows
             for prompt in missing:
                 out = self.base._generate(loaded.pipe, prompt.job, "standard")
                 write_video(out.frames[0], os.path.join(folder, prompt.baseline), config.fps)

@@ -1,8 +1,10 @@
 """Long videos and prompt travel from the command line: context windows above the adapter's window, schedules."""
 
+import os
+
 import imageio.v3 as iio
 import pytest
-from runs import only_record, run_main
+from runs import only_record, records, run_main
 
 from ivmixed.config import build_config
 from ivmixed.runner import Runner
@@ -73,3 +75,17 @@ def test_prompt_file_schedule_field(tmp_path, capsys):
                           "--output-dir", str(out)], capsys)
     assert code == 0, err
     assert only_record(out)["prompt"] == "0: a red car | 4: a blue car"
+
+
+def test_a_sweep_of_a_windowed_video_shares_one_baseline(tmp_path, capsys):
+    """Cells and the baseline are named with the same context windows: one standard video, grids found."""
+    out = tmp_path / "out"
+    code, err = run_main([*TINY, "--num-frames", "8", "--context-length", "4", "--prompt", "a cat",
+                          "--sweep", "zz=1,1000", "--output-dir", str(out)], capsys)
+    assert code == 0, err
+    standards = [name for name in os.listdir(out) if name.endswith("_standard.mp4")]
+    assert len(standards) == 1
+    assert len([name for name in os.listdir(out) if name.endswith("_grid.mp4")]) == 1
+    for record in records(out):
+        assert record["files"]["standard"] == standards[0]
+        assert record["context_windows"] == {"length": 4, "stride": 4, "method": "FreeNoise"}
