@@ -20,13 +20,13 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from .errors import SettingError, quote
 from .loading import looks_like_path
 from .registry import CHECKPOINT_KEYS, PIPELINES, PipelineSpec, find_pipeline
+from .runtime import DTYPE_NAMES
 from .settings import IVMixedSettings
 
 ConfigError = SettingError  # the name the rest of the package and its users know
 
 PIPELINE_NAMES = tuple(PIPELINES)
 VIDEO_FORMATS = ("mp4", "gif")
-DTYPE_NAMES = ("fp16", "bf16", "fp32")
 OFFLOAD_MODES = ("none", "model", "sequential")
 LORA_TARGETS = ("image", "video", "both")
 REFERENCE_MAX_STEPS = 50
@@ -363,7 +363,7 @@ def _check_latent_size(config: RunConfig) -> None:
 
 
 def _check_runtime(config: RunConfig) -> None:
-    if config.offload != "none" and config.compile and config.offload == "sequential":
+    if config.compile and config.offload == "sequential":
         raise ConfigError("{compile} does not work with {offload} sequential; use {offload} model or none")
     if config.device is not None:
         import torch

@@ -17,7 +17,8 @@ from typing import Iterator
 
 import numpy as np
 
-VIDEO_FORMATS = ("mp4", "gif")
+from .config import VIDEO_FORMATS
+
 LOW_SPACE_BYTES = 1 << 20
 
 

@@ -60,10 +60,6 @@ def is_cached(repo_id: str, marker: str) -> bool:
         return False
 
 
-def _key(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
-
-
 def download_hint(what: str, source: str, key: str) -> str:
     return f"the {what} '{source}' (`hf download {source}` while online, or a local folder with {{{key}}})"
 
@@ -76,9 +72,9 @@ def ensure_available(needed: Sequence[Tuple[str, str, str, str]]) -> None:
     does not retry the network for each file.
     """
     hub_ids = [item for item in needed if not os.path.isdir(os.path.expanduser(item[1]))]
-    missing = [item for item in hub_ids if not is_cached(item[1], item[3])]
     if not hub_ids:
         return
+    missing = [item for item in hub_ids if not is_cached(item[1], item[3])]
     if hub_offline():
         reachable = False
     elif missing:
@@ -104,10 +100,9 @@ def _endpoint() -> str:
 
 
 @contextmanager
-def loading(what: str, model_id: str, flag: str) -> Iterator[None]:
+def loading(what: str, model_id: str, key: str) -> Iterator[None]:
     """Re-raise any failure inside the block as a :class:`ModelLoadError` about ``what`` (``model_id``);
-    ``flag`` names the setting that takes another source (``--video-model`` or ``video_model``)."""
-    key = _key(flag)
+    ``key`` names the setting that takes another source (``video_model``)."""
     try:
         yield
     except ModelLoadError:

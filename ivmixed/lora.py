@@ -43,13 +43,13 @@ from safetensors.torch import load_file
 from transformers import CLIPTextModel
 
 from .lora_paths import DEFAULT_SCALE as DEFAULT_ALPHA  # both routes merge at the same default strength
+from .config import LORA_TARGETS as TARGETS
 from .lora_paths import resolve_lora
 
 logger = logging.getLogger(__name__)
 
 UNET_PREFIX = "lora_unet"
 TEXT_ENCODER_PREFIX = "lora_te"
-TARGETS = ("image", "video", "both")
 
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 _PARTS = {_DOWN, _UP, _ALPHA}

@@ -11,9 +11,10 @@ from typing import Dict, List
 
 import torch
 
+from .config import OFFLOAD_MODES
+
 logger = logging.getLogger(__name__)
 
-OFFLOAD_MODES = ("none", "model", "sequential")
 # The networks the sampler calls on every step (the ones worth compiling and measuring).
 UNET_NAMES = ("unet", "image_unet")
 

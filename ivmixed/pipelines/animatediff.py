@@ -62,11 +62,11 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
 
         The base's scheduler is replaced by DDIM over the same betas (``scheduler_settings`` override).
         """
-        with loading("motion adapter", motion_adapter, "--motion-adapter"):
+        with loading("motion adapter", motion_adapter, "motion_adapter"):
             adapter = MotionAdapter.from_pretrained(motion_adapter, dtype=dtype)
-        with loading("image model", image_model, "--image-model"):
+        with loading("image model", image_model, "image_model"):
             image_unet = UNet2DConditionModel.from_pretrained(image_model, subfolder="unet", dtype=dtype)
-        with loading("video model", video_model, "--video-model"):
+        with loading("video model", video_model, "video_model"):
             pipe = cls.from_pretrained(video_model, motion_adapter=adapter, image_unet=image_unet, dtype=dtype)
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **{**DDIM_SETTINGS, **(scheduler_settings or {})})
         return pipe

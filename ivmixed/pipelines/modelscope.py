@@ -54,7 +54,7 @@ class IVMixedModelScopePipeline(IVMixedTextToVideoPipeline):
         """
         components = load_image_components(image_model, dtype)
         pipe = None
-        with loading("video model", video_model, "--video-model"):
+        with loading("video model", video_model, "video_model"):
             if dtype == torch.float16:
                 try:
                     pipe = cls.from_pretrained(video_model, variant="fp16", dtype=dtype, **components)

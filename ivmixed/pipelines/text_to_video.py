@@ -22,7 +22,7 @@ from .common import IVMixedSamplingMixin, guided_predictor, per_frame_predictor
 
 def load_image_components(image_model: str, dtype: torch.dtype) -> Dict:
     """The image model's UNet, text encoder and tokenizer from an SD 1.5-layout hub id or folder."""
-    with loading("image model", image_model, "--image-model"):
+    with loading("image model", image_model, "image_model"):
         return {
             "image_unet": UNet2DConditionModel.from_pretrained(image_model, subfolder="unet", dtype=dtype),
             "image_text_encoder": CLIPTextModel.from_pretrained(image_model, subfolder="text_encoder", dtype=dtype),

@@ -54,9 +54,9 @@ class IVMixedVideoCrafterPipeline(IVMixedTextToVideoPipeline):
         The scheduler is DPM-Solver++ (SDE) from Zeroscope's scheduler config (``scheduler_settings`` override).
         """
         components = load_image_components(image_model, dtype)
-        with loading("VideoCrafter2 UNet", unet, "--unet"):
+        with loading("VideoCrafter2 UNet", unet, "unet"):
             components["unet"] = VideoCrafterUNet3DConditionModel.from_pretrained(unet, dtype=dtype)
-        with loading("video model", video_model, "--video-model"):
+        with loading("video model", video_model, "video_model"):
             pipe = cls.from_pretrained(video_model, dtype=dtype, **components)
         pipe.scheduler = DPMSolverMultistepScheduler.from_config(
             pipe.scheduler.config, **{**DPM_SETTINGS, **(scheduler_settings or {})}
