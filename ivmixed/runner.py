@@ -128,9 +128,8 @@ def load_pipeline(config: RunConfig) -> LoadedPipeline:
     from .loading import ensure_available
     from .runtime import quiet_libraries, set_cpu_threads, torch_dtype
 
-    spec = config.spec
+    spec, sources = config.spec, config.model_sources()
     if not config.tiny:
-        sources = config.model_sources()
         ensure_available([(c.what, sources[c.key], c.key, c.marker) for c in spec.checkpoints])
     quiet_libraries()
     t0 = time.perf_counter()
@@ -140,8 +139,6 @@ def load_pipeline(config: RunConfig) -> LoadedPipeline:
             from .testing import save_tiny_checkpoints
 
             sources = save_tiny_checkpoints(tiny_root, spec.name)
-        else:
-            sources = config.model_sources()
         pipe = spec.pipeline_class().from_checkpoints(**sources, dtype=torch_dtype(config.dtype))
     lora_record = None
     if config.lora:
@@ -409,7 +406,9 @@ class Runner:
 
     def _record(self, loaded: LoadedPipeline, outputs: OutputSet, calls, timings) -> Dict[str, Any]:
         config, job = self.config, outputs.job
-        previous = self._previous_record(outputs)
+        reused = [kind for kind in VIDEO_KINDS if kind in outputs.files and kind not in calls]
+        # Videos made by an earlier run keep the calls and time it measured (read from the manifest only then).
+        previous = self._previous_record(outputs) if reused else None
         compat = type(loaded.pipe).reference_compat_options if config.reference_compat else None
         expected = {"iv_mix": count_network_calls(config.inference_step, config.iv_mixed, reference_compat=compat)}
         if "standard" in outputs.files:

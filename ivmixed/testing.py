@@ -277,19 +277,19 @@ def save_tiny_checkpoints(root: str, pipeline: str) -> Dict[str, str]:
 def tiny_pipeline(pipeline: str = "Animatediff", seed: int = 0):
     """A ready pipeline on random tiny models, offline, to try the API in seconds (its videos are noise).
 
-    ``pipeline`` is a name of :data:`ivmixed.registry.PIPELINES` (any case). Sets torch to one CPU thread:
-    the tiny networks' ops are too small to gain from more.
+    ``pipeline`` is a name of :data:`ivmixed.registry.PIPELINES` (any case). Sets torch to one CPU thread, as
+    ``--tiny`` does (:func:`ivmixed.runtime.set_cpu_threads`).
     """
     import tempfile
 
     from .registry import find_pipeline
-    from .runtime import quiet_libraries
+    from .runtime import quiet_libraries, set_cpu_threads
 
     spec = find_pipeline(pipeline)
     if spec is None:
         raise ValueError(f"unknown pipeline {pipeline!r}; choose one of {', '.join(PIPELINES)}")
     quiet_libraries()
-    torch.set_num_threads(1)
+    set_cpu_threads("cpu", tiny=True)
     with tempfile.TemporaryDirectory(prefix="ivmixed-tiny-") as root:
         pipe = spec.pipeline_class().from_checkpoints(**save_tiny_checkpoints(root, spec.name))
     pipe.set_progress_bar_config(disable=True)
