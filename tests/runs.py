@@ -1,4 +1,5 @@
-"""Reading what a run wrote, for the tests: the manifest's lines and the records they point to."""
+"""Helpers the tests share: reading what a run wrote (the manifest's lines, the records), running the command line
+in this process, and a silent progress bar for the sampler."""
 
 import json
 import os
@@ -47,3 +48,19 @@ def run_main(args, capsys):
     except SystemExit as exc:
         code = exc.code
     return code, capsys.readouterr().err
+
+
+def no_bar(total):
+    """A progress bar for :func:`ivmixed.sample_iv_mixed` that shows nothing."""
+
+    class Bar:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def update(self, n):
+            pass
+
+    return Bar()

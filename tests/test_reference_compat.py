@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
+from runs import no_bar
 
 from ivmixed import IVMixedAnimateDiffPipeline, IVMixedModelScopePipeline, IVMixedVideoCrafterPipeline
 from ivmixed.errors import SettingError
@@ -255,20 +256,6 @@ def fake(a, b, native=None):
         out = u + w * (c - u)
         return out if native is None else nearest(out, (h, wd))
     return eps
-
-
-def no_bar(total):
-    class Bar:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            return False
-
-        def update(self, n):
-            pass
-
-    return Bar()
 
 
 @pytest.mark.parametrize("side, equal", [(4, True), (12, False)])

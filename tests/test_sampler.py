@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
+from runs import no_bar
 
 from ivmixed.sampler import IVMixedSettings, count_network_calls, ddim_move, sample_iv_mixed
 
@@ -31,20 +32,6 @@ def fake_eps(kind):
         return u + w * (c - u)
 
     return eps
-
-
-def no_bar(total):
-    class Bar:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            return False
-
-        def update(self, n):
-            pass
-
-    return Bar()
 
 
 def karras(b, e, n, rho):
