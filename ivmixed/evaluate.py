@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .export import atomic_path
+from .export import atomic_path, read_video
 from .loading import ModelLoadError, loading
 from .manifest import MANIFEST_NAME, Manifest
 
@@ -111,16 +111,6 @@ def clip_scores(model, processor, frames: Sequence[np.ndarray], prompt: str, bat
     alignment = float((images @ text).mean()) * 100.0
     consistency = float((images[:-1] * images[1:]).sum(dim=-1).mean()) * 100.0 if len(images) > 1 else math.nan
     return alignment, consistency
-
-
-def read_video(path: str) -> np.ndarray:
-    """Frames ``(f, h, w, 3)`` uint8; a still image counts as one frame and an alpha channel is dropped."""
-    import imageio.v3 as iio
-
-    frames = np.asarray(iio.imread(path))
-    if frames.ndim == 3:
-        frames = frames[None]
-    return frames[..., :3]
 
 
 def evaluate(

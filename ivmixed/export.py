@@ -95,7 +95,8 @@ def encode_video(frames: np.ndarray, path: str, fps: int, ext: str) -> None:
 
 
 def read_video(path: str) -> np.ndarray:
-    """All frames of a video file as ``(f, h, w, 3)`` uint8."""
+    """All frames of a video file as ``(f, h, w, 3)`` uint8; a still image counts as one frame and an alpha
+    channel is dropped."""
     import imageio.v3 as iio
 
     frames = np.asarray(iio.imread(path, index=None, extension=os.path.splitext(path)[1]))
