@@ -41,10 +41,10 @@ def prog_name() -> str:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with a one-line usage on errors (the full list is in ``--help``)."""
+    """argparse whose errors show the short usage line (give ``usage``) and the error; ``--help`` lists the rest."""
 
     def error(self, message: str):
-        self.exit(2, f"usage: {self.prog} --prompt TEXT [options]  (--help lists them)\n{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.format_usage().rstrip()}  (--help lists them)\n{self.prog}: error: {message}\n")
 
 
 def _defaults_epilog() -> str:

@@ -253,14 +253,12 @@ def write_markdown(rows: Sequence[Dict[str, Any]], summary: Dict[str, Dict[str, 
     return path
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"usage: {self.prog} OUTPUT_DIR [options]  (--help lists them)\n{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    from .cli import Parser
+
+    parser = Parser(
         prog="python -m ivmixed.evaluate",
+        usage="%(prog)s OUTPUT_DIR [options]",
         description="Score the videos listed in OUTPUT_DIR/manifest.jsonl with CLIP; writes metrics.csv "
         "(per video), metrics_summary.csv (means) and metrics.md there.",
         allow_abbrev=False,
