@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from .errors import SettingError, quote
 from .loading import looks_like_path
+from .prompts import SEED_LIMIT
 from .registry import CHECKPOINT_KEYS, PIPELINES, PipelineSpec, find_pipeline
 from .runtime import DTYPE_NAMES
 from .settings import IVMixedSettings
@@ -30,7 +31,6 @@ VIDEO_FORMATS = ("mp4", "gif")
 OFFLOAD_MODES = ("none", "model", "sequential")
 LORA_TARGETS = ("image", "video", "both")
 REFERENCE_MAX_STEPS = 50
-SEED_LIMIT = 2**64  # torch generators take seeds in [0, 2**64)
 # Latents larger than this per video (1024 frames of 1024x1024 px, or 16 frames of 8192x8192) cannot be sampled
 # on any GPU (the UNets' activations are hundreds of times the latents); such sizes are typos, refused before
 # loading rather than left to hang.

@@ -13,7 +13,7 @@ from typing import List, Optional
 from .errors import SettingError, quote
 
 PROMPT_FILE_TYPES = (".txt", ".csv", ".jsonl")
-SEED_LIMIT = 2**64
+SEED_LIMIT = 2**64  # torch generators take seeds in [0, 2**64)
 
 
 @dataclass(frozen=True)
