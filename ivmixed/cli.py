@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 from .config import SETTINGS, TINY_SIZES, build_config_with_layers, describe_tiny, load_yaml_config
 from .errors import SettingError
 from .registry import PIPELINES
+from .stopping import StopSignals
 from .terminal import install_terminal
 
 logger = logging.getLogger("ivmixed")
@@ -112,6 +113,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     given = {k: v for k, v in vars(args).items() if k not in CLI_ONLY}
+    signals = StopSignals()
     try:
         config_file = load_yaml_config(args.config) if args.config else {}
         config, layers = build_config_with_layers(given, config_file)
@@ -123,9 +125,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             if not args.sweep:
                 raise SettingError("{max_cells} applies to a {sweep} only")
-            runner = Sweep(config, parse_sweep(args.sweep), max_cells=args.max_cells, command_line=command_line)
+            runner = Sweep(config, parse_sweep(args.sweep), max_cells=args.max_cells, command_line=command_line,
+                           should_stop=signals.received)
         else:
-            runner = Runner(config, command_line=command_line)
+            runner = Runner(config, command_line=command_line, should_stop=signals.received)
         unit = "cell video(s)" if args.sweep else "prompt(s)"
         if config.tiny:
             logger.warning("--tiny: random tiny models at %s; the videos are noise and only check the install",
@@ -138,13 +141,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .runtime import set_verbose
 
     set_verbose(args.verbose)
-    with handle_signals():
+    with signals:
         try:
             report = runner.run()
-        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as RunStopped
+            if signals.received():  # the signal's exception was swallowed after the last step
+                raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP
             print(f"{parser.prog}: interrupted after {len(runner.report.made)} finished {unit} in this run; every "
                   "file written is complete; run the same command again to make the rest", file=sys.stderr)
-            return 128 + (getattr(exc, "signum", None) or signal.SIGINT)
+            return 128 + (getattr(exc, "signum", None) or signals.signum or signal.SIGINT)
         except Exception as exc:  # one line for the user; the traceback with --debug
             if args.debug:
                 raise
@@ -154,31 +159,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     logger.info("done: %d %s made in this run, %d already finished, in %s", len(report.made), unit, report.skipped,
                 runner.config.output_dir)
     return 0
-
-
-class handle_signals:
-    """SIGTERM and SIGHUP stop a run the way Ctrl-C does: complete files only, temporary files removed."""
-
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-    def __enter__(self):
-        from .runner import RunStopped
-
-        def stop(signum, frame):
-            raise RunStopped(f"signal {signum}", signum)
-
-        self.previous = {}
-        for sig in self.SIGNALS:
-            try:
-                self.previous[sig] = signal.signal(sig, stop)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        return False
 
 
 def describe_failure(exc: Exception):

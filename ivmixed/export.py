@@ -18,6 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from .config import VIDEO_FORMATS
+from .stopping import uninterrupted
 
 LOW_SPACE_BYTES = 1 << 20
 
@@ -53,26 +54,28 @@ def _file_mode() -> int:
 @contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a hidden temporary path beside ``path`` (same extension); move it into place when the block ends
-    without error. The temporary file is removed on any exit that does not complete, interrupts included."""
+    without error. The temporary file is removed on any exit that does not complete; a stop signal waits for the
+    block to end (see :func:`ivmixed.stopping.uninterrupted`)."""
     folder, name = os.path.split(os.path.abspath(path))
     stem, ext = os.path.splitext(name)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{stem[:40]}.", suffix=f".partial{ext}", dir=folder)
-        os.close(fd)
-    except OSError as exc:
-        raise OutputWriteError(path, describe_cause(exc, folder)) from exc
-    try:
+    with uninterrupted():
         try:
-            yield tmp
-            os.chmod(tmp, _file_mode())  # mkstemp creates 0600; give the file the permissions a plain open would
-            os.replace(tmp, path)
-        except OutputWriteError:
-            raise
-        except Exception as exc:
+            fd, tmp = tempfile.mkstemp(prefix=f".{stem[:40]}.", suffix=f".partial{ext}", dir=folder)
+            os.close(fd)
+        except OSError as exc:
             raise OutputWriteError(path, describe_cause(exc, folder)) from exc
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        try:
+            try:
+                yield tmp
+                os.chmod(tmp, _file_mode())  # mkstemp creates 0600; give the file the permissions a plain open would
+                os.replace(tmp, path)
+            except OutputWriteError:
+                raise
+            except Exception as exc:
+                raise OutputWriteError(path, describe_cause(exc, folder)) from exc
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ import os
 from typing import Dict, List
 
 from .export import OutputWriteError, describe_cause
+from .stopping import uninterrupted
 
 try:
     import fcntl
@@ -68,29 +69,31 @@ class Manifest:
         return out
 
     def append(self, record: dict) -> None:
-        """Add one record as a single locked, synced write; on failure the file is cut back to its old end."""
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise OutputWriteError(self.path, describe_cause(exc, self.folder)) from exc
-        try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            end = os.fstat(fd).st_size
-            if end and os.pread(fd, 1, end - 1) != b"\n":
-                line = b"\n" + line  # a line cut off by a crash stays a line of its own (and is skipped)
+        """Add one record as a single locked, synced write; on failure the file is cut back to its old end. A stop
+        signal waits for the append to finish; the caller then sees it by polling (the record counts as made)."""
+        with uninterrupted(stop_after=False):
+            line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
             try:
-                written = os.write(fd, line)
-                if written != len(line):
-                    raise OSError(errno.ENOSPC if written else errno.EIO, "short write")
-                os.fsync(fd)
-            except BaseException as exc:
-                os.ftruncate(fd, end)
-                if isinstance(exc, Exception):
-                    raise OutputWriteError(self.path, describe_cause(exc, self.folder)) from exc
-                raise
-        finally:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+            except OSError as exc:
+                raise OutputWriteError(self.path, describe_cause(exc, self.folder)) from exc
+            try:
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                end = os.fstat(fd).st_size
+                if end and os.pread(fd, 1, end - 1) != b"\n":
+                    line = b"\n" + line  # a line cut off by a crash stays a line of its own (and is skipped)
+                try:
+                    written = os.write(fd, line)
+                    if written != len(line):
+                        raise OSError(errno.ENOSPC if written else errno.EIO, "short write")
+                    os.fsync(fd)
+                except BaseException as exc:
+                    os.ftruncate(fd, end)
+                    if isinstance(exc, Exception):
+                        raise OutputWriteError(self.path, describe_cause(exc, self.folder)) from exc
+                    raise
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)

@@ -23,20 +23,13 @@ from .manifest import Manifest
 from .outputs import OutputSet, lora_identity, output_set
 from .prompts import Job, read_prompt_file
 from .sampler import count_network_calls
+from .stopping import RunStopped
 
 logger = logging.getLogger("ivmixed")
 
 VIDEO_KINDS = ("iv_mix", "standard")
 # step observer: (video kind, step index, total steps)
 StepObserver = Callable[[str, int, int], None]
-
-
-class RunStopped(KeyboardInterrupt):
-    """A run was asked to stop (Ctrl-C, a signal, a stop button); files already complete are kept."""
-
-    def __init__(self, message: str = "interrupted", signum: Optional[int] = None):
-        super().__init__(message)
-        self.signum = signum
 
 
 @dataclass
@@ -175,8 +168,8 @@ class Runner:
     """Makes the unfinished outputs of a configuration's jobs, appending each finished set to the manifest.
 
     ``pipelines`` lets a caller keep loaded pipelines between runs; ``on_step`` observes sampling progress and
-    ``should_stop`` is polled at every step (returning true stops the run with :class:`RunStopped`, writing
-    nothing for the job in progress). ``command_line`` goes into the records.
+    ``should_stop`` is polled before every job and at every step (returning true stops the run with
+    :class:`RunStopped`, writing nothing for the job in progress). ``command_line`` goes into the records.
     """
 
     def __init__(self, config: RunConfig, *, pipelines: Optional[PipelineCache] = None,
@@ -297,6 +290,8 @@ class Runner:
             from tqdm.auto import tqdm
 
             for item in tqdm(mine, desc="prompts", position=0, disable=not show_overall, unit="prompt"):
+                if self.should_stop is not None and self.should_stop():
+                    raise RunStopped("stopped")
                 self.report.made.append(self.make(loaded, item))
         if state is not None:
             state.wait_for_everyone()

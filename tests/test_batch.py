@@ -123,6 +123,62 @@ def test_two_processes_with_torchrun_make_each_video_once(tmp_path):
     assert "4 already finished" in again.stderr
 
 
+def test_a_signal_whose_exception_is_swallowed_still_stops_the_run(tmp_path, monkeypatch, capsys):
+    """Python ignores exceptions raised in at-fork hooks (run when ffmpeg starts) and finalizers: a Ctrl-C that
+    lands there must still stop the run at its next step."""
+    import ivmixed.export as export
+
+    write_video, sent = export.write_video, []
+
+    def write_then_swallow_a_signal(*args, **kwargs):
+        path = write_video(*args, **kwargs)
+        if not sent:
+            sent.append(path)
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.5)  # the handler runs here
+            except KeyboardInterrupt:
+                pass
+        return path
+
+    monkeypatch.setattr(export, "write_video", write_then_swallow_a_signal)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one\ntwo\nthree\n")
+    out = tmp_path / "out"
+    args = [*TINY, "--prompt-file", str(prompts), "--output-dir", str(out)]
+    assert main(args) == 130
+    assert sent and not (out / "manifest.jsonl").exists()  # stopped within the first prompt
+    assert "interrupted after" in capsys.readouterr().err
+    monkeypatch.setattr(export, "write_video", write_video)
+    assert main(args) == 0
+    assert sorted(r["prompt"] for r in manifest_lines(out)) == ["one", "three", "two"]
+
+
+def test_a_signal_during_a_file_write_waits_for_the_file(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while ffmpeg encodes: the video is finished and named (not cut, no stray ffmpeg), then the run stops."""
+    import ivmixed.export as export
+
+    encode_video, sent = export.encode_video, []
+
+    def signal_then_encode(frames, path, *args):
+        if not sent:
+            sent.append(path)
+            os.kill(os.getpid(), signal.SIGINT)
+        return encode_video(frames, path, *args)
+
+    monkeypatch.setattr(export, "encode_video", signal_then_encode)
+    out = tmp_path / "out"
+    args = [*TINY, "--prompt", "a cat", "--output-dir", str(out)]
+    assert main(args) == 130
+    assert "interrupted after 0 finished" in capsys.readouterr().err
+    videos = list(out.glob("*.mp4"))
+    assert [p.name for p in out.iterdir()] == [v.name for v in videos] and len(videos) == 1  # no partial file
+    assert iio.imread(videos[0], index=None).shape[0] == 2
+    mtime = videos[0].stat().st_mtime_ns
+    assert main(args) == 0  # the rerun keeps the finished video and makes the rest
+    assert videos[0].stat().st_mtime_ns == mtime and len(manifest_lines(out)) == 1
+
+
 def test_interrupted_run_leaves_valid_files_and_resumes(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("".join(f"prompt number {i}\n" for i in range(6)))
