@@ -102,17 +102,14 @@ class Recorder:
 
     def __init__(self, clock: Clock):
         self.clock = clock
-        self.sections: Dict[str, float] = {}
-        self.network_s: Dict[str, float] = {}
-        self.unet_calls: Dict[str, int] = {}
         self.reset()
 
     def reset(self) -> None:
-        self.sections = {"encode": 0.0, "denoise": 0.0, "decode": 0.0}
+        self.sections: Dict[str, float] = {"encode": 0.0, "denoise": 0.0, "decode": 0.0}
         self.first_network: Optional[float] = None
         self.last_step: Optional[float] = None
-        self.network_s = {"video": 0.0, "image": 0.0}
-        self.unet_calls = {"video": 0, "image": 0}
+        self.network_s: Dict[str, float] = {"video": 0.0, "image": 0.0}
+        self.unet_calls: Dict[str, int] = {"video": 0, "image": 0}
 
     def hook_section(self, module: torch.nn.Module, section: str) -> List:
         started: List[float] = []

@@ -85,7 +85,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         if s.type is bool:
             kwargs["action"] = "store_true"
         else:
-            kwargs["type"] = s.type if name != "pipeline" else str
+            kwargs["type"] = s.type
             kwargs["metavar"] = s.metavar or ("{" + ",".join(s.choices) + "}" if s.choices else name.upper())
         groups[s.group].add_argument(*names, **kwargs)
     run = groups["output and run"]

@@ -37,8 +37,10 @@ def side_by_side(standard: np.ndarray, iv_mixed: np.ndarray, labels: Sequence[st
     standard, iv_mixed = to_uint8(standard), to_uint8(iv_mixed)
     if standard.shape[:2] != iv_mixed.shape[:2]:
         raise ValueError(f"videos differ in frames or height: {standard.shape} vs {iv_mixed.shape}")
+    font = font_for(standard.shape[1])
     return np.stack([
-        np.concatenate([label(a, labels[0]), label(b, labels[1])], axis=1) for a, b in zip(standard, iv_mixed)
+        np.concatenate([label(a, labels[0], font), label(b, labels[1], font)], axis=1)
+        for a, b in zip(standard, iv_mixed)
     ])
 
 

@@ -137,10 +137,6 @@ class RunConfig:
     def spec(self) -> PipelineSpec:
         return PIPELINES[self.pipeline]
 
-    @property
-    def steps(self) -> int:
-        return self.inference_step
-
     def model_sources(self) -> Dict[str, str]:
         """The checkpoints this pipeline loads: given ones, else the pipeline's defaults."""
         return {c.key: getattr(self, c.key) or c.default for c in self.spec.checkpoints}

@@ -92,11 +92,6 @@ class OutputSet:
     fingerprint: str
     standard_fingerprint: str
     files: Dict[str, str]
-    identity: Dict[str, Any]
-
-    @property
-    def label(self) -> str:
-        return self.files["record"][: -len(".json")]
 
 
 def output_set(config: RunConfig, job: Job, lora: Optional[Dict[str, Any]],
@@ -112,4 +107,4 @@ def output_set(config: RunConfig, job: Job, lora: Optional[Dict[str, Any]],
         files["side_by_side"] = f"{stem}_side_by_side.{fmt}"
         files["contact_sheet"] = f"{stem}_frames.png"
     files["record"] = f"{stem}.json"
-    return OutputSet(job, full, standard, files, ids["iv_mix"])
+    return OutputSet(job, full, standard, files)

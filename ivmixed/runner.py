@@ -221,10 +221,6 @@ class Runner:
 
     @cached_property
     def context(self) -> Optional[Tuple[int, int]]:
-        """``(length, stride)`` of this run's context windows, or None (see :meth:`_context_windows`)."""
-        return self._context_windows()
-
-    def _context_windows(self):
         """``(length, stride)`` of FreeNoise's context windows for this run, or None (see
         :func:`ivmixed.prompt_schedule.context_settings`)."""
         import re

@@ -80,10 +80,6 @@ class IVMixedSettings:
         """The steps that zigzag (on settings whose ``interval_end`` is filled in, see :meth:`resolved`)."""
         return range(self.interval_begin, self.interval_end + 1)  # type: ignore[operator]
 
-    def image_model_needed(self) -> bool:
-        """Whether any zigzag step moves with the image model (on resolved settings)."""
-        return any(self.uses_image_model(i) for i in self.zigzag_steps())
-
     def in_interval(self, step: int) -> bool:
         return self.interval_begin <= step <= self.interval_end  # type: ignore[operator]
 

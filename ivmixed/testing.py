@@ -274,7 +274,7 @@ def save_tiny_checkpoints(root: str, pipeline: str) -> Dict[str, str]:
     raise ValueError(f"no tiny checkpoints for pipeline {pipeline!r}")
 
 
-def tiny_pipeline(pipeline: str = "Animatediff", seed: int = 0):
+def tiny_pipeline(pipeline: str = "Animatediff"):
     """A ready pipeline on random tiny models, offline, to try the API in seconds (its videos are noise).
 
     ``pipeline`` is a name of :data:`ivmixed.registry.PIPELINES` (any case). Sets torch to one CPU thread, as
