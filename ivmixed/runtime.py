@@ -58,15 +58,18 @@ def quiet_libraries(verbose: Optional[bool] = None) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "info" if verbose else "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "0" if verbose else "1")
-    if verbose:
+    import diffusers
+    import transformers
+
+    if verbose:  # `import ivmixed` set the libraries' verbosity to errors; asked for more, say more
+        for lib in (diffusers, transformers):
+            lib.utils.logging.set_verbosity_info()
+            lib.utils.logging.enable_progress_bar()
         return
     for category in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category)
     for name in ("diffusers", "transformers", "huggingface_hub", "accelerate", "torch.distributed"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    import diffusers
-    import transformers
-
     for lib in (diffusers, transformers):
         lib.utils.logging.set_verbosity_error()
         lib.utils.logging.disable_progress_bar()

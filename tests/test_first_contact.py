@@ -107,3 +107,21 @@ def test_bad_values_and_help_answer_without_importing_torch():
                     "print('torch' in sys.modules)")
     assert result.stdout.strip().splitlines()[-1] == "False"
     assert "--zz must be at least 1, got 0" in result.stderr
+
+
+def test_verbose_lets_the_libraries_speak():
+    """`import ivmixed` keeps diffusers and transformers to errors; --verbose (set_verbose) gives their notes back."""
+    import logging
+
+    import diffusers
+    import transformers
+
+    from ivmixed.runtime import quiet_libraries
+
+    try:
+        quiet_libraries(verbose=True)
+        assert [lib.utils.logging.get_verbosity() for lib in (diffusers, transformers)] == [logging.INFO] * 2
+        assert diffusers.utils.logging.is_progress_bar_enabled() and transformers.utils.logging.is_progress_bar_enabled()
+    finally:
+        quiet_libraries(verbose=False)
+    assert [lib.utils.logging.get_verbosity() for lib in (diffusers, transformers)] == [logging.ERROR] * 2
