@@ -22,13 +22,21 @@ SHORT = 10  # hex digits of the fingerprint in file names
 TINY_MODELS = "tiny-random-v1"  # the --tiny models' identity; change it when their builders change
 
 
+_DIGESTS: Dict[Tuple[Any, ...], str] = {}
+
+
 def file_digest(path: str) -> str:
-    """SHA-256 of a file's content."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """SHA-256 of a file's content, hashed once per version of the file (its inode, size and change times):
+    a sweep's runners and the app's runs all fingerprint the same LoRA."""
+    st = os.stat(path)
+    version = (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if version not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[version] = digest.hexdigest()
+    return _DIGESTS[version]
 
 
 def lora_identity(config: RunConfig) -> Optional[Dict[str, Any]]:

@@ -257,3 +257,25 @@ def test_a_closed_stderr_never_stops_a_run(tmp_path):
     proc.wait(timeout=600)
     assert proc.returncode == 0
     assert len(manifest_lines(out)) == 6
+
+
+def test_a_lora_file_is_hashed_once_per_version(tmp_path, monkeypatch):
+    """Every runner of a sweep fingerprints the LoRA: one hash per version of the file, and a new one after
+    the file changes, even to the same size."""
+    import hashlib
+
+    from ivmixed import outputs
+
+    hashed, sha256 = [], hashlib.sha256
+
+    def counting_sha256(*args):
+        hashed.append(1)
+        return sha256(*args)
+
+    monkeypatch.setattr(outputs.hashlib, "sha256", counting_sha256)
+    path = tmp_path / "style.safetensors"
+    path.write_bytes(b"a" * 1000)
+    first = outputs.file_digest(str(path))
+    assert first == outputs.file_digest(str(path)) == sha256(b"a" * 1000).hexdigest() and len(hashed) == 1
+    path.write_bytes(b"b" * 1000)
+    assert outputs.file_digest(str(path)) == sha256(b"b" * 1000).hexdigest() and len(hashed) == 2
