@@ -648,12 +648,10 @@ def build_ui(app: App):
             return ([history_row(r) for r in records], gr.update(choices=choices, value=a),
                     gr.update(choices=choices, value=b))
 
-        def find(name):
-            return next((r for r in app.history() if r.get("files", {}).get("record") == name), None)
-
         def show(run_a, run_b):
-            a, b = run_a, run_b
-            ra, rb = (find(a) if a else None), (find(b) if b else None)
+            newest_first = app.history() if run_a or run_b else []
+            by_name = {r.get("files", {}).get("record"): r for r in reversed(newest_first)}  # the newest wins
+            ra, rb = by_name.get(run_a) if run_a else None, by_name.get(run_b) if run_b else None
             pa, pb = app.paths(ra or {}), app.paths(rb or {})
             return (pa.get("standard"), pa.get("iv_mix"), pb.get("iv_mix"),
                     settings_difference(ra or {}, rb or {}), ra)

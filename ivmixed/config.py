@@ -22,7 +22,7 @@ from .loading import looks_like_path
 from .prompts import SEED_LIMIT
 from .registry import CHECKPOINT_KEYS, PIPELINES, PipelineSpec, find_pipeline
 from .runtime import DTYPE_NAMES
-from .settings import IVMixedSettings
+from .settings import IVMixedSettings, ReferenceCompat
 
 ConfigError = SettingError  # the name the rest of the package and its users know
 
@@ -30,7 +30,7 @@ PIPELINE_NAMES = tuple(PIPELINES)
 VIDEO_FORMATS = ("mp4", "gif")
 OFFLOAD_MODES = ("none", "model", "sequential")
 LORA_TARGETS = ("image", "video", "both")
-REFERENCE_MAX_STEPS = 50
+REFERENCE_MAX_STEPS = ReferenceCompat().table_length  # the published code's guidance tables
 # Latents larger than this per video (1024 frames of 1024x1024 px, or 16 frames of 8192x8192) cannot be sampled
 # on any GPU (the UNets' activations are hundreds of times the latents); such sizes are typos, refused before
 # loading rather than left to hang.
@@ -326,13 +326,9 @@ def check(config: RunConfig) -> None:
     only = {key for p in PIPELINES.values() for key in p.options} | set(CHECKPOINT_KEYS)
     for key in sorted(only):
         value = getattr(config, key)
-        if key in CHECKPOINT_KEYS:
-            takes = any(c.key == key for c in spec.checkpoints)
-        else:
-            takes = key in spec.options
         set_here = value is not None and value != SETTINGS[key].default
-        if set_here and not takes:
-            owner = next(p.name for p in PIPELINES.values() if key in p.options or any(c.key == key for c in p.checkpoints))
+        if set_here and not spec.takes(key):
+            owner = next(p.name for p in PIPELINES.values() if p.takes(key))
             raise ConfigError(f"{{{key}}} applies to {{pipeline}} {owner} only")
     config.iv_mixed.check(config.inference_step)
     if not config.tiny:
@@ -343,11 +339,11 @@ def check(config: RunConfig) -> None:
     if config.reference_compat and config.inference_step > REFERENCE_MAX_STEPS:
         raise ConfigError(f"{{reference_compat}} supports at most {REFERENCE_MAX_STEPS} {{inference_step}} (the "
                           f"published code's guidance tables have {REFERENCE_MAX_STEPS} entries), got {config.inference_step}")
-    _check_latent_size(config)
-    _check_runtime(config)
     if config.lora_target != "image" and not spec.video_lora:
         raise ConfigError(f"{{lora_target}} {config.lora_target}: the {spec.name} video model cannot take a LoRA "
                           "(its UNet is not a Stable Diffusion 1.5 UNet); use {lora_target} image")
+    _check_latent_size(config)
+    _check_runtime(config)  # last: it imports torch
 
 
 def _check_latent_size(config: RunConfig) -> None:

@@ -159,7 +159,7 @@ def evaluate(
     return rows
 
 
-def _mean(values: Sequence[float]) -> float:
+def finite_mean(values: Sequence[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return sum(finite) / len(finite) if finite else math.nan
 
@@ -170,11 +170,11 @@ def summarize(rows: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
     summary: Dict[str, Dict[str, float]] = {}
     for variant in VARIANTS:
         chosen = [r for r in rows if r["variant"] == variant]
-        summary[variant] = {m: _mean([r[m] for r in chosen]) for m in METRICS}
+        summary[variant] = {m: finite_mean([r[m] for r in chosen]) for m in METRICS}
         summary[variant]["videos"] = len(chosen)
     by_key = {(r.get("record", r["id"]), r["variant"]): r for r in rows}  # by record: a sweep's cells share an id
     pairs = [(by_key[(i, "iv_mix")], by_key[(i, "standard")]) for i, v in by_key if v == "standard" and (i, "iv_mix") in by_key]
-    summary[DIFFERENCE] = {m: _mean([iv[m] - std[m] for iv, std in pairs]) for m in METRICS}
+    summary[DIFFERENCE] = {m: finite_mean([iv[m] - std[m] for iv, std in pairs]) for m in METRICS}
     summary[DIFFERENCE]["videos"] = len(pairs)
     return summary
 

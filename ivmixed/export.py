@@ -102,21 +102,18 @@ def read_video(path: str) -> np.ndarray:
     channel is dropped."""
     import imageio.v3 as iio
 
-    frames = np.asarray(iio.imread(path, index=None, extension=os.path.splitext(path)[1]))
+    frames = np.asarray(iio.imread(path, index=None, extension=os.path.splitext(path)[1].lower()))
     if frames.ndim == 3:  # a single frame
         frames = frames[None]
     return frames[..., :3]
 
 
-def check_video(path: str, expected_frames: int, ext: str) -> None:
+def check_video(path: str, expected_frames: int) -> None:
     """Raise unless ``path`` decodes to ``expected_frames`` frames."""
-    import imageio.v3 as iio
-
     try:
-        frames = iio.imread(path, index=None, extension=ext)
+        count = len(read_video(path))
     except Exception as exc:
         raise IOError(f"the written video does not decode ({type(exc).__name__})") from exc
-    count = 1 if np.asarray(frames).ndim == 3 else len(frames)
     if count != expected_frames:
         raise IOError(f"the written video has {count} frame(s), expected {expected_frames} (a short write)")
 
@@ -129,7 +126,7 @@ def write_video(frames: np.ndarray, path: str, fps: int) -> str:
         raise ValueError(f"unsupported video format {ext!r}; use one of {', '.join(VIDEO_FORMATS)}")
     with atomic_path(path) as tmp:
         encode_video(frames, tmp, fps, ext)
-        check_video(tmp, len(frames), ext)
+        check_video(tmp, len(frames))
     return path
 
 

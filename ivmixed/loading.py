@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from contextlib import contextmanager
-from typing import Iterator, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 from urllib.parse import urlparse
 
 from .errors import ModelLoadError
@@ -41,7 +41,7 @@ def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
     """Whether a connection to the hub's host opens within ``timeout`` seconds (``HF_HUB_OFFLINE`` says no)."""
     if hub_offline():
         return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    url = _hub_url()
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         with socket.create_connection((url.hostname, port), timeout=timeout):
@@ -50,14 +50,20 @@ def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
         return False
 
 
-def is_cached(repo_id: str, marker: str) -> bool:
-    """Whether the local hub cache holds ``marker`` (a file every download of that checkpoint has)."""
+def cached_file(repo_id: str, filename: str) -> Optional[str]:
+    """The path of ``filename`` of hub checkpoint ``repo_id`` in the local hub cache, or None."""
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        return isinstance(try_to_load_from_cache(repo_id, marker), str)
+        path = try_to_load_from_cache(repo_id, filename)
     except Exception:  # not a valid repo id
-        return False
+        return None
+    return path if isinstance(path, str) else None
+
+
+def is_cached(repo_id: str, marker: str) -> bool:
+    """Whether the local hub cache holds ``marker`` (a file every download of that checkpoint has)."""
+    return cached_file(repo_id, marker) is not None
 
 
 def download_hint(what: str, source: str, key: str) -> str:
@@ -95,8 +101,12 @@ def ensure_available(needed: Sequence[Tuple[str, str, str, str]]) -> None:
             pass
 
 
+def _hub_url():
+    return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+
+
 def _endpoint() -> str:
-    return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    return _hub_url().hostname or "huggingface.co"
 
 
 @contextmanager

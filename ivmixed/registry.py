@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from .loading import cached_file
+
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -48,6 +50,10 @@ class PipelineSpec:
     def checkpoint(self, key: str) -> Checkpoint:
         return next(c for c in self.checkpoints if c.key == key)
 
+    def takes(self, key: str) -> bool:
+        """Whether ``key`` (a checkpoint or a pipeline-only option) is a setting of this pipeline."""
+        return key in self.options or any(c.key == key for c in self.checkpoints)
+
     def pipeline_class(self):
         """The pipeline class (imports torch and diffusers)."""
         module, name = self.class_path.split(":")
@@ -56,7 +62,7 @@ class PipelineSpec:
     def max_frames(self, sources: Mapping[str, str], tiny: bool = False) -> Optional[int]:
         """The most frames the video model takes in one window, when its config says so and can be read
         without loading it (``None`` when there is no limit or it cannot be known yet)."""
-        if not any(c.key == "motion_adapter" for c in self.checkpoints):
+        if not self.takes("motion_adapter"):
             return None
         if tiny:
             return TINY_MOTION_FRAMES
@@ -70,15 +76,9 @@ def read_config(source: str) -> Optional[Dict[str, Any]]:
     """A checkpoint's ``config.json`` from a local folder or the local hub cache, never from the network."""
     path = os.path.join(os.path.expanduser(source), "config.json")
     if not os.path.isfile(path):
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(source, "config.json")
-        except Exception:  # not a valid repo id: loading will say so
+        path = cached_file(source, "config.json")  # None for an invalid repo id: loading will say so
+        if path is None:
             return None
-        if not isinstance(cached, str):
-            return None
-        path = cached
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)

@@ -38,11 +38,13 @@ class Todo:
 
     outputs: OutputSet
     make: List[str]
+    # The newest earlier record listing a video this run reuses (for the calls and time it measured).
+    previous: Optional[Dict[str, Any]] = None
 
 
 @dataclass
 class Plan:
-    jobs: List[Job]
+    jobs: List[Job]  # without repeats (a prompt repeated with the same seed is made once, under its first name)
     todo: List[Todo]
     finished: int
     repeats: int = 0
@@ -194,18 +196,21 @@ class Runner:
         for job in jobs:
             self._check_prompt(job)
         done = self.manifest.records()
-        todo, finished, seen = [], 0, set()
+        unique, todo, finished, seen = [], [], 0, set()
         for job in jobs:
             outputs = self.output_set(job)
             if outputs.fingerprint in seen:
                 continue
             seen.add(outputs.fingerprint)
+            unique.append(job)
             make = self._missing(outputs, done.get(outputs.fingerprint))
-            if make:
-                todo.append(Todo(outputs, make))
-            else:
+            if not make:
                 finished += 1
-        return Plan(jobs, todo, finished, len(jobs) - len(seen))
+            elif any(kind in outputs.files and kind not in make for kind in VIDEO_KINDS):
+                todo.append(Todo(outputs, make, previous_record(done, outputs)))
+            else:
+                todo.append(Todo(outputs, make))
+        return Plan(unique, todo, finished, len(jobs) - len(unique))
 
     def output_set(self, job: Job) -> OutputSet:
         """The files ``job`` makes under this run's configuration (see :mod:`ivmixed.outputs`)."""
@@ -261,10 +266,11 @@ class Runner:
 
     # -- running -------------------------------------------------------------------------------------------
 
-    def run(self, jobs: Optional[List[Job]] = None) -> RunReport:
-        """Make every unfinished job of this process's share (see :func:`process_state`)."""
+    def run(self, jobs: Optional[List[Job]] = None, plan: Optional[Plan] = None) -> RunReport:
+        """Make every unfinished job of this process's share (see :func:`process_state`); ``plan``: one just
+        made by :meth:`plan`, not to plan again."""
         config = self.config
-        plan = self.plan(jobs)
+        plan = plan if plan is not None else self.plan(jobs)
         # Loaded before any process group exists: transformers saves (the tiny checkpoints) on rank 0 only after.
         loaded = self.pipelines.get(config) if plan.todo else None
         state = process_state(config)
@@ -378,7 +384,7 @@ class Runner:
                 write_image(contact_sheet(frames["standard"], frames["iv_mix"], caption=caption),
                             os.path.join(folder, files["contact_sheet"]))
                 logger.info("wrote %s", files["contact_sheet"])
-        record = self._record(loaded, outputs, calls, timings)
+        record = self._record(loaded, outputs, calls, timings, item.previous)
         write_json(record, os.path.join(folder, files["record"]))
         logger.info("wrote %s", files["record"])
         self.manifest.append(manifest_entry(record))
@@ -395,11 +401,10 @@ class Runner:
         if not enabled or (pipe._free_noise_context_length, pipe._free_noise_context_stride) != (length, stride):
             pipe.enable_free_noise(context_length=length, context_stride=stride)
 
-    def _record(self, loaded: LoadedPipeline, outputs: OutputSet, calls, timings) -> Dict[str, Any]:
+    def _record(self, loaded: LoadedPipeline, outputs: OutputSet, calls, timings,
+                previous: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        """The job's record; videos made by an earlier run keep the calls and time it measured (``previous``)."""
         config, job = self.config, outputs.job
-        reused = [kind for kind in VIDEO_KINDS if kind in outputs.files and kind not in calls]
-        # Videos made by an earlier run keep the calls and time it measured (read from the manifest only then).
-        previous = self._previous_record(outputs) if reused else None
         compat = type(loaded.pipe).reference_compat_options if config.reference_compat else None
         expected = {"iv_mix": count_network_calls(config.inference_step, config.iv_mixed, reference_compat=compat)}
         if "standard" in outputs.files:
@@ -436,13 +441,14 @@ class Runner:
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
 
-    def _previous_record(self, outputs: OutputSet) -> Optional[Dict[str, Any]]:
-        """The newest record that lists this set's standard video (for its measured calls and time)."""
-        name = outputs.files.get("standard")
-        for record in reversed(list(self.manifest.records().values())):
-            if record["fingerprint"] == outputs.fingerprint or (name and record["files"].get("standard") == name):
-                return record
-        return None
+
+def previous_record(records: Dict[str, Dict[str, Any]], outputs: OutputSet) -> Optional[Dict[str, Any]]:
+    """The newest record that lists this set's standard video (for its measured calls and time)."""
+    name = outputs.files.get("standard")
+    for record in reversed(list(records.values())):
+        if record["fingerprint"] == outputs.fingerprint or (name and record["files"].get("standard") == name):
+            return record
+    return None
 
 
 def manifest_entry(record: Dict[str, Any]) -> Dict[str, Any]:

@@ -20,7 +20,6 @@ against its text alignment (:func:`plot_sweeps`).
 from __future__ import annotations
 
 import glob
-import hashlib
 import itertools
 import json
 import logging
@@ -36,6 +35,8 @@ import numpy as np
 
 from .config import IV_MIXED_KEYS, SETTINGS, RunConfig, check, typed_value
 from .errors import SettingError, quote
+from .evaluate import finite_mean
+from .outputs import SHORT, fingerprint
 from .sampler import count_network_calls
 
 logger = logging.getLogger("ivmixed")
@@ -45,7 +46,6 @@ MAX_CELLS = 64  # larger grids need max_cells (--max-cells): they cost hours at 
 SWEEP_SUFFIX = ".sweep.json"
 SWEEP_KIND = "ivmixed-sweep"
 GRID_LAYOUT = 1  # change when the grid files' layout changes, so old grids are not passed off as current
-SHORT = 10
 MIN_TILE = 192  # grid video tiles narrower than this are enlarged (whole multiples: pixels stay sharp)
 MAX_GRID_SIDE = 3840  # grid video tiles shrink so that the video stays within this many pixels a side
 SHEET_TILE = (128, 256)  # grid PNG tiles are enlarged to at least / shrunk to at most this width
@@ -314,10 +314,6 @@ class SweepReport:
     cost: Optional[SweepCost] = None
 
 
-def _hash(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
-
-
 class Sweep:
     """A planned sweep: every cell checked and every file named, nothing loaded. :meth:`run` makes what is
     missing: the baseline, the cells (one :class:`~ivmixed.runner.Runner` each, sharing one
@@ -331,7 +327,7 @@ class Sweep:
                  on_step=None, should_stop: Optional[Callable[[], bool]] = None,
                  on_cell: Optional[Callable[[int, int, Values], None]] = None,
                  command_line: Optional[Sequence[str]] = None, progress_bars: bool = True):
-        from .runner import PipelineCache, Runner, plan_jobs
+        from .runner import PipelineCache, Runner
 
         self.grid = as_grid(grid)
         check_size(self.grid, max_cells)
@@ -352,17 +348,11 @@ class Sweep:
             runner = Runner(cell_config(config, values, self.with_standard), **options)
             self.cells.append(CellPlan(values, cell_label(values), runner,
                                        calls(runner.config.inference_step, runner.config.iv_mixed)))
-        self.jobs = plan_jobs(self.config)
-        plan = self.base.plan(self.jobs)  # checks the output folder and the frame limit; reads no model
-        self.jobs, seen = [], set()
-        for job in plan.jobs:  # a prompt repeated with the same seed is made once, under its first name
-            fp = self.base.output_set(job).fingerprint
-            if fp not in seen:
-                seen.add(fp)
-                self.jobs.append(job)
+        # Checks the output folder and the frame limit, reads no model; a repeated prompt is made once.
+        self.jobs = self.base.plan().jobs
         self.prompts = [self._prompt_grid(job) for job in self.jobs]
         keys = "-".join(self.grid.keys)
-        self.fingerprint = _hash({"axes": self.grid.as_json(), "prompts": [p.fingerprint for p in self.prompts]})
+        self.fingerprint = fingerprint({"axes": self.grid.as_json(), "prompts": [p.fingerprint for p in self.prompts]})
         self.sweep_file = f"sweep_{keys}_{self.fingerprint[:SHORT]}{SWEEP_SUFFIX}"
         self.report = SweepReport(sweep_file=self.sweep_file)
         self.cost = self._cost()
@@ -376,7 +366,7 @@ class Sweep:
         outputs = [cell.runner.output_set(job) for cell in self.cells]
         baseline = None if self.config.no_standard else self.base.output_set(job)
         standard_fp = baseline.standard_fingerprint if baseline else None
-        fp = _hash({"layout": GRID_LAYOUT, "axes": self.grid.as_json(), "cells": [o.fingerprint for o in outputs],
+        fp = fingerprint({"layout": GRID_LAYOUT, "axes": self.grid.as_json(), "cells": [o.fingerprint for o in outputs],
                     "baseline": standard_fp, "fps": self.config.fps, "format": self.config.format})
         stem = f"{job.prefix(self.config.pipeline)}_sweep_{fp[:SHORT]}_grid"
         return PromptGrid(job, outputs, baseline.files["standard"] if baseline else None, standard_fp, fp,
@@ -384,6 +374,10 @@ class Sweep:
 
     def _exists(self, name: Optional[str]) -> bool:
         return name is not None and os.path.isfile(os.path.join(self.config.output_dir, name))
+
+    def _needs_baseline(self, prompt: PromptGrid) -> bool:
+        """Whether this run makes the prompt's shared standard video (missing, or ``overwrite``)."""
+        return bool(prompt.baseline) and (self.config.overwrite or not self._exists(prompt.baseline))
 
     def _cost(self) -> SweepCost:
         left = remade = 0
@@ -394,7 +388,7 @@ class Sweep:
                 if "standard" in item.make and self.config.overwrite:
                     remade += 1
         for prompt in self.prompts:
-            if prompt.baseline and (self.config.overwrite or not self._exists(prompt.baseline)):
+            if self._needs_baseline(prompt):
                 left += self.baseline_calls
         left += remade * self.baseline_calls
         return SweepCost(self.grid, [c.calls for c in self.cells], self.baseline_calls, len(self.jobs), left, remade)
@@ -412,8 +406,7 @@ class Sweep:
         logger.info("%s", self.describe_cost())
         report.planned = len(self.cells) * len(self.jobs)
         self._write_sweep_file(complete=False)
-        missing = [p for p in self.prompts
-                   if p.baseline and (config.overwrite or not self._exists(p.baseline))]
+        missing = [p for p in self.prompts if self._needs_baseline(p)]
         if missing:
             loaded = self.pipelines.get(config)
             loaded.pipe.set_progress_bar_config(position=0, leave=True, disable=not self.progress_bars)
@@ -432,7 +425,7 @@ class Sweep:
             if self.on_cell is not None:
                 self.on_cell(n, len(self.cells), dict(cell.values))
             try:
-                cell.runner.run(self.jobs)
+                cell.runner.run(self.jobs, plan)
             finally:
                 report.made.extend(cell.runner.report.made)
         for prompt in self.prompts:
@@ -686,11 +679,6 @@ class SweepPlot:
     points: List[Tuple[str, float, float]]
 
 
-def _mean(values: Sequence[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return sum(finite) / len(finite) if finite else math.nan
-
-
 def sweep_points(data: Dict[str, Any],
                  rows: Sequence[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], Optional[Dict[str, Any]]]:
     """Each cell's scores (the mean over the sweep's prompts) from evaluation rows, and the baseline's."""
@@ -700,8 +688,8 @@ def sweep_points(data: Dict[str, Any],
         found = [scores[(variant, f)] for f in files if (variant, f) in scores]
         if not found:
             return None
-        return {"label": label, **values, "clip_score": _mean([r["clip_score"] for r in found]),
-                "frame_consistency": _mean([r["frame_consistency"] for r in found]), "videos": len(found)}
+        return {"label": label, **values, "clip_score": finite_mean([r["clip_score"] for r in found]),
+                "frame_consistency": finite_mean([r["frame_consistency"] for r in found]), "videos": len(found)}
 
     points = []
     for index, cell in enumerate(data["cells"]):
