@@ -4,7 +4,7 @@
     python benchmarks/bench.py --pipeline Animatediff --full-size --json out.json   # GPU: 512x512x16, fp16
 
 ``--tiny`` uses the random tiny models of ``ivmixed.testing``; ``--full-size`` builds the real architectures
-with random weights from their configs (no download), so timings and memory are those of the real networks.
+with random weights from their configs (``full_size_models.py`` beside this script; no download), so timings and memory are those of the real networks.
 Each variant runs ``--warmup`` unmeasured times, then ``--repeats`` measured times; the table shows the median.
 
 What is measured, per run:
@@ -35,8 +35,9 @@ from contextlib import contextmanager
 from typing import Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+for folder in (ROOT, os.path.dirname(os.path.abspath(__file__))):  # ivmixed, and full_size_models beside this
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
@@ -205,7 +206,7 @@ def build_pipeline(args, folder: str, device: torch.device, dtype: torch.dtype):
 
         cls = PIPELINES[args.pipeline].pipeline_class()
         return cls.from_checkpoints(**save_tiny_checkpoints(folder, args.pipeline), dtype=dtype)
-    from ivmixed.testing import full_size_pipeline
+    from full_size_models import full_size_pipeline
 
     # Built directly on the GPU: random initialisation of ~2.5e9 parameters on the CPU takes minutes.
     return full_size_pipeline(args.pipeline, folder, dtype=dtype, device=device if device.type == "cuda" else "cpu")

@@ -1,8 +1,8 @@
 """The command line (``ivmixed`` or ``python inference.py``): flags to a :class:`~ivmixed.config.RunConfig`, a run,
 and every failure as one line.
 
-This is the only module that names flags. Each setting's flag is its name with dashes (``--inference-step``);
-the spelling with underscores (``--inference_step``, as the published tool had it) works too.
+The flags derive from the settings, spelled as :mod:`ivmixed.flags` says (with dashes, with underscores, and the
+aliases a setting declares); a mistyped flag is answered with the closest ones.
 Exit status: 0 done, 1 a failure while running, 2 a bad flag, value or file (found before any model loads),
 128 + N for signal N (130 for Ctrl-C).
 """
@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional
 
 from .config import SETTINGS, TINY_SIZES, build_config_with_layers, describe_tiny, load_yaml_config
 from .errors import SettingError
+from .failures import describe_failure
+from .flags import CLI_ONLY, Parser, flag, spellings
 from .registry import PIPELINES
 from .stopping import StopSignals
 from .terminal import install_terminal
@@ -26,26 +28,11 @@ logger = logging.getLogger("ivmixed")
 
 GROUPS = ("what to generate", "IV-mixed sampling (quality vs temporal coherence)", "models", "output and run",
           "speed and memory")
-CLI_ONLY = ("config", "debug", "verbose", "sweep", "max_cells")
-
-
-def flag(name: str) -> str:
-    """The flag of setting ``name`` as messages spell it."""
-    if name in SETTINGS or name in CLI_ONLY:
-        return "--" + name.replace("_", "-")
-    return name
 
 
 def prog_name() -> str:
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "ivmixed"
     return "inference.py" if name == "inference.py" else "ivmixed"
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse whose errors show the short usage line (give ``usage``) and the error; ``--help`` lists the rest."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.format_usage().rstrip()}  (--help lists them)\n{self.prog}: error: {message}\n")
 
 
 def _defaults_epilog() -> str:
@@ -80,14 +67,13 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     )
     groups = {name: p.add_argument_group(name) for name in GROUPS}
     for name, s in SETTINGS.items():
-        names = [flag(name)] + (["--" + name] if "_" in name else [])
         kwargs: Dict[str, Any] = {"dest": name, "help": _help(name), "default": None}
         if s.type is bool:
             kwargs["action"] = "store_true"
         else:
             kwargs["type"] = s.type
             kwargs["metavar"] = s.metavar or ("{" + ",".join(s.choices) + "}" if s.choices else name.upper())
-        groups[s.group].add_argument(*names, **kwargs)
+        groups[s.group].add_argument(*spellings(name), **kwargs)
     run = groups["output and run"]
     run.add_argument("--config", help="YAML file of settings (see configs/); flags given here override it")
     run.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -104,11 +90,6 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; returns the exit status."""
-    words = sys.argv[1:] if argv is None else list(argv)
-    if words[:1] == ["app"]:  # ivmixed app [options]: the web app
-        from .app import main as app_main
-
-        return app_main(words[1:])
     install_terminal()
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -133,6 +114,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if config.tiny:
             logger.warning("--tiny: random tiny models at %s; the videos are noise and only check the install",
                            describe_tiny(layers, config))
+        for warning in layers.warnings:  # values given that this run leaves unused
+            logger.warning("%s: warning: %s", parser.prog, warning.render(flag))
     except SettingError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc.render(flag)}\n")
     except KeyboardInterrupt:
@@ -161,25 +144,4 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-def describe_failure(exc: Exception):
-    """The exit status and one-line message for a failure during a run."""
-    from .errors import ModelLoadError
-    from .export import OutputWriteError
-
-    if isinstance(exc, SettingError):
-        return 2, exc.render(flag)
-    if isinstance(exc, ModelLoadError):
-        return 1, exc.render(flag)
-    if isinstance(exc, OutputWriteError):
-        return 1, str(exc)
-    name = type(exc).__name__
-    if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
-        return 1, ("out of GPU memory; reduce it with --offload model, fewer --num-frames, a smaller "
-                   "--height/--width or --image-batch-size 4 (videos already finished are kept)")
-    if name == "NonFiniteLatentsError":
-        return 1, str(exc)
-    first = next((line for line in str(exc).splitlines() if line.strip()), "")
-    return 1, f"{name}: {first} (rerun with --debug for the traceback)"
-
-
-__all__ = ["build_parser", "describe_failure", "flag", "main"]
+__all__ = ["build_parser", "main"]

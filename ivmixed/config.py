@@ -17,31 +17,41 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from .errors import SettingError, quote
+from .errors import SettingError, Templated, quote, quote_message
 from .loading import looks_like_path
-from .prompts import SEED_LIMIT
+from .lora_paths import LORA_TARGETS, check_lora
+from .prompts import SEED_LIMIT, prompt_problem, read_text_file, text_problem
 from .registry import CHECKPOINT_KEYS, PIPELINES, PipelineSpec, find_pipeline
 from .runtime import DTYPE_NAMES
 from .settings import IVMixedSettings, ReferenceCompat
 
 ConfigError = SettingError  # the name the rest of the package and its users know
 
+
+class SettingWarning(Templated, UserWarning):
+    """A setting a run accepts but that has no effect on it; ``{name}`` templates as in :class:`SettingError`."""
+
+
 PIPELINE_NAMES = tuple(PIPELINES)
 VIDEO_FORMATS = ("mp4", "gif")
 OFFLOAD_MODES = ("none", "model", "sequential")
-LORA_TARGETS = ("image", "video", "both")
 REFERENCE_MAX_STEPS = ReferenceCompat().table_length  # the published code's guidance tables
-# Latents larger than this per video (1024 frames of 1024x1024 px, or 16 frames of 8192x8192) cannot be sampled
-# on any GPU (the UNets' activations are hundreds of times the latents); such sizes are typos, refused before
-# loading rather than left to hang.
-MAX_LATENT_ELEMENTS = 4 * 1024 * 128 * 128
+# The memory estimate's model widths (see memory_needed): every pipeline's video UNet is 320 channels wide at
+# latent resolution, the Stable Diffusion VAE's decoder 128 channels wide at full resolution in its last level.
+UNET_CHANNELS, VAE_CHANNELS = 320, 128
+GIB = 1 << 30
+LARGEST_GPU_BYTES = 256 * GIB  # more than the largest accelerators have (192-256 GB)
+MAX_CONFIG_FILE_BYTES = 1 << 20  # a settings file is a few hundred bytes
 # --tiny runs random tiny models: small frames and few steps keep the whole path to seconds on a CPU.
 TINY_SIZES: Dict[str, Any] = {"num_frames": 8, "height": 64, "width": 64, "inference_step": 10}
 
 
 def _setting(default, help: str, group: str, check: Optional[Callable[[Any], Optional[str]]] = None,
-             choices: Optional[Tuple[str, ...]] = None, metavar: Optional[str] = None):
-    metadata = {"help": help, "group": group, "check": check, "choices": choices, "metavar": metavar}
+             choices: Optional[Tuple[str, ...]] = None, metavar: Optional[str] = None, aliases: Tuple[str, ...] = ()):
+    """A field with what the CLI and the docs show for it; ``aliases`` are other names users type for it (the
+    diffusers spelling, say), accepted as flags."""
+    metadata = {"help": help, "group": group, "check": check, "choices": choices, "metavar": metavar,
+                "aliases": aliases}
     return field(default=default, metadata=metadata)
 
 
@@ -69,6 +79,14 @@ def _not_blank(v: Optional[str]) -> Optional[str]:
     return None if v is None or v.strip() else "must not be empty"
 
 
+def _prompt_text(v: Optional[str]) -> Optional[str]:
+    return _not_blank(v) or (None if v is None else prompt_problem(v))
+
+
+def _negative_prompt_text(v: Optional[str]) -> Optional[str]:
+    return None if v is None else prompt_problem(v)
+
+
 WHAT, MODELS, OUTPUT, SPEED = "what to generate", "models", "output and run", "speed and memory"
 
 
@@ -78,13 +96,14 @@ class RunConfig:
 
     pipeline: str = _setting("Animatediff", "video model family: " + ", ".join(PIPELINE_NAMES) + " (any case)", WHAT,
                              metavar="NAME")
-    prompt: Optional[str] = _setting(None, "text prompt", WHAT, _not_blank)
+    prompt: Optional[str] = _setting(None, "text prompt", WHAT, _prompt_text)
     prompt_file: Optional[str] = _setting(
         None, "many prompts: .txt (one per line, # comments), or .csv/.jsonl with a 'prompt' column and optional "
         "seed, negative_prompt, id", WHAT)
-    negative_prompt: Optional[str] = _setting(None, "negative prompt (default none)", WHAT)
+    negative_prompt: Optional[str] = _setting(None, "negative prompt (default none)", WHAT, _negative_prompt_text)
     seed: int = _setting(23523, "random seed; both videos start from the same noise", WHAT, _seed)
-    inference_step: int = _setting(50, "number of denoising steps N", WHAT, _at_least(1))
+    inference_step: int = _setting(50, "number of denoising steps N", WHAT, _at_least(1), metavar="N",
+                                   aliases=("num_inference_steps", "steps"))
     num_frames: int = _setting(16, "frames per video", WHAT, _at_least(1))
     height: int = _setting(512, "frame height in pixels, a multiple of 8 (default: the pipeline's)", WHAT, _multiple_of_8)
     width: int = _setting(512, "frame width in pixels, a multiple of 8 (default: the pipeline's)", WHAT, _multiple_of_8)
@@ -161,6 +180,7 @@ class Setting:
     choices: Optional[Tuple[str, ...]] = None
     check: Optional[Callable[[Any], Optional[str]]] = None
     metavar: Optional[str] = None
+    aliases: Tuple[str, ...] = ()
 
 
 def _field_type(hint) -> Tuple[type, bool]:
@@ -182,11 +202,17 @@ def _settings_table() -> Dict[str, Setting]:
             meta = f.metadata
             table[f.name] = Setting(f.name, kind, default, meta.get("help", ""),
                                     meta.get("group", "IV-mixed sampling (quality vs temporal coherence)"), nullable,
-                                    meta.get("choices"), meta.get("check"), meta.get("metavar"))
+                                    meta.get("choices"), meta.get("check"), meta.get("metavar"),
+                                    meta.get("aliases", ()))
+    aliases = [alias for s in table.values() for alias in s.aliases]
+    clashes = sorted({a for a in aliases if a in table or aliases.count(a) > 1})
+    if clashes:  # one name, one setting
+        raise TypeError(f"alias(es) {', '.join(clashes)} already name a setting or another setting's alias")
     return table
 
 
 SETTINGS: Dict[str, Setting] = _settings_table()
+ALIASES: Dict[str, str] = {alias: s.name for s in SETTINGS.values() for alias in s.aliases}
 IV_MIXED_KEYS = tuple(f.name for f in fields(IVMixedSettings))
 
 
@@ -207,41 +233,79 @@ def typed_value(key: str, value: Any, where: str = "") -> Any:
         raise ConfigError(f"{where}{{{key}}} must be true or false, got {quote(value)}")
     if s.type is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if value.bit_length() > 128:  # YAML's 0x... has no digit limit; no setting takes such a number
+                raise ConfigError(f"{where}{{{key}}} must be a whole number in its range, got {quote(value)}")
             return value
         raise ConfigError(f"{where}{{{key}}} must be a whole number, got {quote(value)}")
     if s.type is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise ConfigError(f"{where}{{{key}}} must be a finite number, got {quote(value)}") from None
         raise ConfigError(f"{where}{{{key}}} must be a number, got {quote(value)}")
     if isinstance(value, str):
+        problem = text_problem(value)  # it goes into file names and UTF-8 records
+        if problem:
+            raise ConfigError(f"{where}{{{key}}} {problem}")
         return value
     raise ConfigError(f"{where}{{{key}}} must be text, got {quote(value)}")
+
+
+_ALIAS_REFUSED = "an alias of a list or mapping"
+
+
+def _settings_loader():
+    """PyYAML's safe loader, refusing aliases of lists and mappings: nested ones (a "billion laughs" file)
+    stand for more values than memory holds, and merge keys (``<<: *a``) copy them out while loading; aliases
+    of single values stay allowed."""
+    import yaml
+
+    class SettingsLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                node = self.anchors.get(event.anchor)
+                if node is not None and not isinstance(node, yaml.ScalarNode):
+                    raise yaml.composer.ComposerError(None, None, _ALIAS_REFUSED, event.start_mark)
+            return super().compose_node(parent, index)
+
+    return SettingsLoader
 
 
 def load_yaml_config(path: str) -> Dict[str, Any]:
     """Read a YAML file of settings (a mapping whose keys are setting names), typed."""
     import yaml
 
+    problem = text_problem(path)
+    if problem:  # the path goes into the records, as part of the command line
+        raise ConfigError(f"{{config}} {problem}")
+    text = read_text_file(path, "config file", MAX_CONFIG_FILE_BYTES, "give a YAML file")
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a folder; give a YAML file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        data = yaml.load(text, Loader=_settings_loader())
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests too deeply to be settings; a settings file is a flat mapping "
+                          "of setting: value") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
+        if getattr(exc, "problem", None) == _ALIAS_REFUSED:
+            raise ConfigError(f"config file {path} repeats a list or mapping by an alias (*name){where}; settings "
+                              "do not need them: write the value out") from None
         raise ConfigError(f"config file {path} is not valid YAML{where}; fix the syntax or start from configs/") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # a date like 2001-13-45, a 5,000-digit number
+        what = quote_message(str(exc).split(";")[0], 100)
+        raise ConfigError(f"config file {path} holds a value YAML cannot read ({what}); fix it or start from "
+                          "configs/") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of setting: value, got {type(data).__name__}")
-    unknown = sorted(str(k) for k in set(data) - set(SETTINGS))
-    if unknown:
-        raise ConfigError(f"config file {path} has unknown key(s) {', '.join(unknown)}; valid keys are the "
+    unknown = sorted(quote_message(k) if isinstance(k, str) and len(k) <= 40 and not text_problem(k)
+                     else quote(k, 40) for k in set(data) - set(SETTINGS))
+    if unknown:  # a few, shortened: the message stays one readable line
+        listed = ", ".join(unknown[:8]) + (f" and {len(unknown) - 8:,} more" if len(unknown) > 8 else "")
+        raise ConfigError(f"config file {path} has unknown key(s) {listed}; valid keys are the "
                           "setting names (e.g. inference_step, guidance_scale, zz)")
     return {key: typed_value(key, value, f"config file {path}") for key, value in data.items()}
 
@@ -251,9 +315,12 @@ def load_yaml_config(path: str) -> Dict[str, Any]:
 
 @dataclass(frozen=True)
 class Layers:
-    """What the layering did that a user should hear of: the config file's values ``tiny`` sizes replaced."""
+    """What building the configuration found that a user should hear of: the config file's values ``tiny`` sizes
+    replaced, and values given that the run leaves unused."""
 
     tiny_over_config: Tuple[str, ...] = ()
+    # Values given that the run leaves unused (see unused_settings), for the caller to show.
+    warnings: Tuple[SettingWarning, ...] = ()
 
 
 def build_config(given: Optional[Mapping[str, Any]] = None, config_file: Optional[Mapping[str, Any]] = None) -> RunConfig:
@@ -297,12 +364,15 @@ def build_config_with_layers(given: Optional[Mapping[str, Any]] = None,
         iv_mixed=IVMixedSettings(**{k: values.pop(k) for k in IV_MIXED_KEYS}),
         **values,
     )
-    check(config)
-    return config, Layers(overridden)
+    warnings = check(config)
+    return config, Layers(overridden, warnings)
 
 
-def check(config: RunConfig) -> None:
-    """Refuse values no run could honour, before any model loads."""
+def check(config: RunConfig) -> Tuple[SettingWarning, ...]:
+    """Refuse values no run could honour, before any model loads; return the settings it would ignore.
+
+    A setting that contradicts the run is refused; one that is merely unused is returned as a warning, for the
+    caller to show (the library prints nothing)."""
     for key, s in SETTINGS.items():
         value = getattr(config.iv_mixed, key) if key in IV_MIXED_KEYS else getattr(config, key)
         if value is None:
@@ -342,16 +412,134 @@ def check(config: RunConfig) -> None:
     if config.lora_target != "image" and not spec.video_lora:
         raise ConfigError(f"{{lora_target}} {config.lora_target}: the {spec.name} video model cannot take a LoRA "
                           "(its UNet is not a Stable Diffusion 1.5 UNet); use {lora_target} image")
-    _check_latent_size(config)
+    if config.lora:
+        check_lora(config.lora, config.lora_target)
+    if config.lora_scale is not None and config.lora is None:
+        raise ConfigError("{lora_scale} is the strength of a {lora}, and no {lora} is given; give one or drop "
+                          "{lora_scale}")
+    _check_fits_memory(config)
     _check_runtime(config)  # last: it imports torch
+    return unused_settings(config)
 
 
-def _check_latent_size(config: RunConfig) -> None:
-    elements = 4 * config.num_frames * (config.height // 8) * (config.width // 8)
-    if elements > MAX_LATENT_ELEMENTS:
-        raise ConfigError(
-            f"{config.num_frames} frames of {config.height}x{config.width} px are far more than any GPU can sample "
-            f"({elements:,} latent values); lower {{num_frames}}, {{height}} or {{width}}")
+def unused_settings(config: RunConfig) -> Tuple[SettingWarning, ...]:
+    """Values given that this run leaves unused: checkpoints under ``tiny``, knobs the pipeline's published code
+    ignores under ``reference_compat``, a LoRA target without a LoRA. Only values that differ from what the
+    run would have used anyway count, so a preset spelling out the defaults stays quiet."""
+    spec, found = config.spec, []
+    if config.tiny:
+        keys = [c.key for c in spec.checkpoints if getattr(config, c.key) not in (None, c.default)]
+        if keys:
+            names = " and ".join(f"{{{k}}}" for k in keys)
+            found.append(SettingWarning(f"{names} {'is' if len(keys) == 1 else 'are'} not loaded: {{tiny}} uses "
+                                        "random tiny models instead"))
+    if config.reference_compat:
+        for key, why in spec.reference_compat.ignored_knobs().items():
+            value = getattr(config.iv_mixed, key)
+            if value != spec.defaults.get(key, SETTINGS[key].default):
+                found.append(SettingWarning(f"{{{key}}} {quote(value)} is ignored with {{reference_compat}} on "
+                                            f"{spec.name}: {why}"))
+    if config.lora is None and config.lora_target != SETTINGS["lora_target"].default:
+        found.append(SettingWarning(f"{{lora_target}} {config.lora_target} does nothing without a {{lora}}"))
+    return tuple(found)
+
+
+def memory_needed(config: RunConfig, bytes_per_value: int) -> Dict[str, int]:
+    """A lower bound of the memory one video's sampling and decoding hold at once on the run's device, in bytes
+    by part, with ``bytes_per_value`` for the network's dtype (2 for fp16/bf16, 4 for fp32).
+
+    What it counts, each at its smallest:
+
+    - ``latents``: frames x 4 x height/8 x width/8 values, one copy (the sampler keeps several).
+    - ``video UNet activations``: the video UNet takes every frame at once (FreeNoise's context windows only
+      window the motion modules; the image model's calls are smaller), and its first level is
+      :data:`UNET_CHANNELS` wide at latent resolution; one convolution there holds its input and its output, for
+      the unconditional and the conditional half under classifier-free guidance (guidance_scale > 1).
+    - ``VAE decoding``: the decoder's last level is :data:`VAE_CHANNELS` wide at full resolution, input and output,
+      for every frame decoded at once (AnimateDiff 16, the others all; one with ``vae_slicing``; none counted
+      with ``vae_tiling``).
+    - ``decoded video``: frames x 3 x height x width float32 values.
+
+    The peak is at least the latents plus the largest of the other three (they are not all held at once);
+    weights, attention and every other activation are left out, so a size refused by this cannot run, while a
+    size that passes may still run out of memory. ``tiny`` runs are held to the full-size figures: a tiny run
+    checks what the same sizes would do on the real models.
+    """
+    frames, h, w = config.num_frames, config.height, config.width
+    guided = 2 if config.guidance_scale > 1 else 1
+    if config.vae_tiling:
+        decoded_at_once = 0
+    elif config.vae_slicing:
+        decoded_at_once = 1
+    else:
+        decoded_at_once = min(frames, 16) if config.pipeline == "Animatediff" else frames
+    return {
+        "latents": frames * 4 * (h // 8) * (w // 8) * bytes_per_value,
+        "video UNet activations": 2 * guided * frames * UNET_CHANNELS * (h // 8) * (w // 8) * bytes_per_value,
+        "VAE decoding": 2 * decoded_at_once * VAE_CHANNELS * h * w * bytes_per_value,
+        "decoded video": frames * 3 * h * w * 4,
+    }
+
+
+def _gpu_driver_present() -> bool:
+    """Whether this machine shows an NVIDIA or AMD GPU driver, so that a run without ``device`` may be on CUDA."""
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/kfd")
+
+
+def device_memory(device: Optional[str]) -> Optional[Tuple[str, int, bool]]:
+    """``(what, bytes, on CUDA)`` of the memory a run on ``device`` computes in: a CUDA GPU's total memory, else
+    the machine's physical RAM (the CPU, and Apple's unified memory for mps); ``None`` when unknown.
+
+    torch is imported only for a CUDA device, or without ``device`` (CUDA when available) on a machine with a GPU
+    driver; elsewhere a run without ``device`` is on the CPU.
+    """
+    kind = (device or "").split(":")[0].strip().lower()
+    if kind == "cuda" or (not device and _gpu_driver_present()):
+        import torch
+
+        try:
+            if torch.cuda.is_available():
+                index = torch.device(device or "cuda").index
+                index = torch.cuda.current_device() if index is None else index
+                total = torch.cuda.get_device_properties(index).total_memory
+                return f"GPU memory of cuda:{index}", int(total), True
+        except Exception:  # a bad device string or index: the runtime check says so
+            return None
+        if kind == "cuda":
+            return None
+        kind = "cpu"
+    if kind in ("", "cpu", "mps"):
+        try:
+            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):  # not a POSIX system
+            return None
+        return "RAM", int(ram), False
+    return None
+
+
+def _check_fits_memory(config: RunConfig) -> None:
+    """Refuse sizes whose :func:`memory_needed` is more than the device has: they cannot run, and without this
+    they would load the models, then swap, hang or be killed."""
+    memory = device_memory(config.device)
+    if memory is None:
+        return
+    what, available, on_cuda = memory
+    dtype = config.dtype or ("fp16" if on_cuda else "fp32")
+    parts = memory_needed(config, 4 if dtype == "fp32" else 2)
+    latents = parts.pop("latents")
+    largest = max(parts, key=parts.get)
+    needed = latents + parts[largest]
+    if needed <= available:
+        return
+    beyond = " and far more than any GPU can sample" if needed > LARGEST_GPU_BYTES else ""
+    fix = "lower {num_frames}, {height} or {width}"
+    without_decoding = latents + max(parts["video UNet activations"], parts["decoded video"])
+    if largest == "VAE decoding" and without_decoding <= available:
+        fix = "decode in tiles with {vae_tiling}, or " + fix
+    raise ConfigError(
+        f"{config.num_frames} frames of {config.height}x{config.width} px need at least {needed / GIB:,.1f} GiB "
+        f"at {dtype} ({largest} {parts[largest] / GIB:,.1f} GiB + latents {latents / GIB:,.1f} GiB), more than "
+        f"the {available / GIB:,.1f} GiB of {what}{beyond}; {fix}")
 
 
 def _check_runtime(config: RunConfig) -> None:
@@ -411,5 +599,6 @@ def describe_tiny(layers: Layers, config: RunConfig) -> str:
     return sizes + over
 
 
-__all__ = ["ConfigError", "RunConfig", "SETTINGS", "Setting", "build_config", "build_config_with_layers", "check",
-           "load_yaml_config", "with_resolved_runtime", "IV_MIXED_KEYS", "TINY_SIZES"]
+__all__ = ["ALIASES", "ConfigError", "RunConfig", "SETTINGS", "Setting", "SettingWarning", "build_config",
+           "build_config_with_layers", "check", "load_yaml_config", "unused_settings", "with_resolved_runtime",
+           "IV_MIXED_KEYS", "TINY_SIZES"]

@@ -1,12 +1,20 @@
-"""The ``ivmixed`` command and ``inference.py``: start the command line, answering Ctrl-C during start-up too."""
+"""The ``ivmixed`` command and ``inference.py``: pick the command a first word names, else the generation command
+line, answering Ctrl-C during start-up too. No command module knows another: this table is where they meet."""
 
 import sys
+from typing import List, Optional
+
+# ivmixed <word> [options]: the module whose main(argv) runs it
+SUBCOMMANDS = {"app": "ivmixed.app"}
+GENERATE = "ivmixed.cli"
 
 
-def main() -> int:
+def main(argv: Optional[List[str]] = None) -> int:
+    words = sys.argv[1:] if argv is None else list(argv)
+    sub = words[0] if words and words[0] in SUBCOMMANDS else None
     try:
-        from .cli import main as cli_main
+        command = __import__(SUBCOMMANDS[sub] if sub else GENERATE, fromlist=["main"])
     except KeyboardInterrupt:
         print("interrupted while starting; nothing was made", file=sys.stderr)
         return 130
-    return cli_main()
+    return command.main(words[1:]) if sub else command.main(argv)

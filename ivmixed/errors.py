@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import reprlib
 from typing import Callable
 
 _NAME = re.compile(r"\{([a-z][a-z0-9_]*)\}")
@@ -29,6 +30,30 @@ class ModelLoadError(Templated, RuntimeError):
     """A checkpoint could not be loaded; the message says which one and how to get it."""
 
 
-def quote(value) -> str:
-    """``repr(value)`` safe to embed in a :class:`SettingError` template (braces doubled are not names)."""
-    return repr(value).replace("{", "(").replace("}", ")")
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict, _SHORT.maxset = 2, 4, 4, 4, 4
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 60, 60, 40
+
+
+def quote(value, limit: int = 80) -> str:
+    """``repr(value)`` for a message, at most ``limit`` characters and safe in a :class:`SettingError` template
+    (braces become parentheses, so they are not names); only as much of ``value`` is looked at as is shown, so a
+    YAML alias bomb, a 50 MB string or a huge number cannot make a message hang or flood the terminal."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        text = f"a number of {value.bit_length():,} bits"  # repr of a 5,000-digit int raises ValueError
+    else:
+        try:
+            text = _SHORT.repr(value)
+        except Exception:  # a value whose repr fails (a huge int inside a list)
+            text = f"a {type(value).__name__}"
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text.replace("{", "(").replace("}", ")")
+
+
+def quote_message(message: str, limit: int = 200) -> str:
+    """Another library's message (or any text) cut to ``limit`` characters, to embed in a template (braces
+    become parentheses, as :func:`quote` does)."""
+    message = message if len(message) <= limit else message[: limit - 3] + "..."
+    return message.replace("{", "(").replace("}", ")")
+

@@ -11,13 +11,13 @@ import errno
 import json
 import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
 
 from .config import VIDEO_FORMATS
+from .leftovers import held_temp_file
 from .stopping import uninterrupted
 
 LOW_SPACE_BYTES = 1 << 20
@@ -60,8 +60,8 @@ def atomic_path(path: str) -> Iterator[str]:
     stem, ext = os.path.splitext(name)
     with uninterrupted():
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{stem[:40]}.", suffix=f".partial{ext}", dir=folder)
-            os.close(fd)
+            # held while written: a later run's sweep removes it only once this process is gone
+            fd, tmp = held_temp_file(folder, prefix=f".{stem[:40]}.", suffix=f".partial{ext}")
         except OSError as exc:
             raise OutputWriteError(path, describe_cause(exc, folder)) from exc
         try:
@@ -76,6 +76,7 @@ def atomic_path(path: str) -> Iterator[str]:
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+            os.close(fd)
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -154,7 +155,9 @@ def write_bytes(data: bytes, path: str) -> str:
 
 
 def write_json(record: dict, path: str) -> str:
-    return write_bytes((json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode("utf-8"), path)
+    # backslashreplace: text that is not UTF-8 (checked for before sampling) can never lose a finished video
+    text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+    return write_bytes(text.encode("utf-8", "backslashreplace"), path)
 
 
 def write_image(image: np.ndarray, path: str) -> str:

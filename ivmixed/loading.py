@@ -19,8 +19,8 @@ from .errors import ModelLoadError
 HUB_TIMEOUT_S = 3.0
 TRUE = {"1", "true", "yes", "on"}
 
-__all__ = ["ModelLoadError", "ensure_available", "hub_offline", "hub_reachable", "is_cached", "loading",
-           "looks_like_path"]
+__all__ = ["ModelLoadError", "check_local_sources", "ensure_available", "hub_offline", "hub_reachable", "is_cached",
+           "loading", "looks_like_path"]
 
 
 def _reason(exc: BaseException) -> str:
@@ -70,13 +70,23 @@ def download_hint(what: str, source: str, key: str) -> str:
     return f"the {what} '{source}' (`hf download {source}` while online, or a local folder with {{{key}}})"
 
 
+def check_local_sources(needed: Sequence[Tuple[str, str, str, str]]) -> None:
+    """Raise :class:`ModelLoadError` for a source meant as a folder (see :func:`looks_like_path`) that does not
+    exist: looked up as a hub id it would only get download advice for a path."""
+    for _, source, key, _ in needed:
+        if looks_like_path(source) and not os.path.isdir(os.path.expanduser(source)):
+            raise ModelLoadError(f"{{{key}}} {source}: no such folder; give an existing checkpoint folder or a hub id")
+
+
 def ensure_available(needed: Sequence[Tuple[str, str, str, str]]) -> None:
     """Raise one :class:`ModelLoadError` naming every hub checkpoint that is neither cached nor downloadable.
 
-    ``needed`` holds ``(what, source, setting key, marker file)``. Local folders are skipped (checked elsewhere).
-    When everything is cached but the hub is unreachable, the libraries are switched to offline mode so loading
-    does not retry the network for each file.
+    ``needed`` holds ``(what, source, setting key, marker file)``. A source that looks like a path and is no
+    folder is refused (:func:`check_local_sources`); existing folders are skipped. When everything is cached but
+    the hub is unreachable, the libraries are switched to offline mode so loading does not retry the network for
+    each file.
     """
+    check_local_sources(needed)
     hub_ids = [item for item in needed if not os.path.isdir(os.path.expanduser(item[1]))]
     if not hub_ids:
         return

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import uuid
+from contextlib import ExitStack
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -42,14 +42,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import CLIPTextModel
 
+from .leftovers import LOCK_NAME, held_temp_folder, sweep_folders
 from .lora_paths import DEFAULT_SCALE as DEFAULT_ALPHA  # both routes merge at the same default strength
-from .config import LORA_TARGETS as TARGETS
-from .lora_paths import resolve_lora
+from .lora_paths import LORA_TARGETS as TARGETS
+from .lora_paths import (TEXT_ENCODER_PREFIX, UNET_PREFIX, check_conversion, check_lora_file, missing_parents,
+                         resolve_lora)
+from .stopping import uninterrupted
 
 logger = logging.getLogger(__name__)
-
-UNET_PREFIX = "lora_unet"
-TEXT_ENCODER_PREFIX = "lora_te"
 
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 _PARTS = {_DOWN, _UP, _ALPHA}
@@ -58,8 +58,7 @@ _ADAPTER = "ivmixed_lora"  # fused and unloaded at once, so one name serves ever
 
 def read_lora_file(path: str) -> Dict[str, torch.Tensor]:
     """Read a LoRA ``.safetensors`` file, with one-line errors for a missing or unreadable file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"LoRA file not found: {path}")
+    check_lora_file(path)
     try:
         return load_file(path)
     except SafetensorError as err:
@@ -180,19 +179,16 @@ def convert_lora(
 ) -> Dict[str, object]:
     """Merge a kohya LoRA into a Stable Diffusion 1.x folder's UNet and text encoder; save the whole pipeline.
 
-    The folder is written beside ``dump_path`` under a temporary name and renamed at the end, so a failed
-    conversion leaves nothing at ``dump_path``. An existing ``dump_path`` is refused rather than overwritten.
+    The folder is written beside ``dump_path`` under a temporary name, locked while it is written, and renamed at
+    the end, so a failed or stopped conversion leaves nothing at ``dump_path``, and a killed one leaves only that
+    temporary folder, which the next conversion to the same ``dump_path`` removes. Folders above ``dump_path``
+    that this call creates are removed again when it fails. An existing ``dump_path`` is refused rather than
+    overwritten. Paths and the LoRA file are checked before the base model loads.
     """
-    if os.path.exists(dump_path):
-        raise FileExistsError(f"{dump_path} already exists; remove it or choose another --dump_path")
-    parent = os.path.dirname(os.path.abspath(dump_path))
-    existing = parent
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise NotADirectoryError(f"--dump_path {dump_path}: {existing} is a file, not a folder; choose another --dump_path")
-    if not os.access(existing, os.W_OK):
-        raise PermissionError(f"--dump_path {dump_path}: cannot write in {existing}; choose another --dump_path")
+    check_conversion(base_model_path, checkpoint_path, dump_path)
+    parent, name = os.path.split(os.path.abspath(dump_path))
+    prefix = f".{name}.partial-"
+    sweep_folders(parent, prefix)
     state_dict = read_lora_file(checkpoint_path)
     from .loading import ensure_available, loading
 
@@ -206,19 +202,45 @@ def convert_lora(
         alpha,
         source=checkpoint_path,
     )
-    parent, name = os.path.split(os.path.abspath(dump_path))
-    os.makedirs(parent, exist_ok=True)
-    partial = os.path.join(parent, f".{name}.partial-{uuid.uuid4().hex[:8]}")
+    created = missing_parents(dump_path)
+    partial = None
     try:
-        pipe.save_pretrained(partial, safe_serialization=to_safetensors)
-        os.rename(partial, dump_path)
+        with ExitStack() as held:
+            with uninterrupted():  # a stop while the folder is made comes once it has a name to remove
+                os.makedirs(parent, exist_ok=True)
+                partial = held.enter_context(held_temp_folder(prefix=prefix, parent=parent, remove=False))
+            pipe.save_pretrained(partial, safe_serialization=to_safetensors)
+            with uninterrupted(stop_after=False):  # complete: dump_path is whole, whenever a stop comes
+                os.remove(os.path.join(partial, LOCK_NAME))
+                os.chmod(partial, 0o777 & ~_umask())  # a temporary folder is private; the result is not
+                os.rename(partial, dump_path)
+                partial = None
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        with uninterrupted(stop_after=False):
+            if partial is not None:
+                shutil.rmtree(partial, ignore_errors=True)
+            if not os.path.exists(dump_path):
+                _remove_empty(created)
         raise
     logger.info(
         "merged %d layers of %s at alpha %s into %s", report["merged_layers"], checkpoint_path, alpha, dump_path
     )
     return report
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _remove_empty(folders: List[str]) -> None:
+    """Remove ``folders`` (deepest first) as long as they are empty: the ones a failed call created."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
 
 
 def _replace_image_model(pipe, folder: str) -> None:

@@ -11,8 +11,10 @@ import errno
 import json
 import logging
 import os
+import stat
 from typing import Dict, List
 
+from .errors import SettingError
 from .export import OutputWriteError, describe_cause
 from .stopping import uninterrupted
 
@@ -22,6 +24,7 @@ except ImportError:  # not POSIX: a single writer is assumed
     fcntl = None
 
 MANIFEST_NAME = "manifest.jsonl"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # never append through a link
 logger = logging.getLogger("ivmixed")
 
 
@@ -43,12 +46,39 @@ class Manifest:
         self.folder = folder
         self.path = os.path.join(folder, MANIFEST_NAME)
 
+    def check_writable(self) -> None:
+        """Refuse, before any model loads, a manifest no record could be appended to, or one that is a link (the
+        records would land in the file it points to, outside the folder)."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise SettingError(f"cannot read {self.path} ({describe_cause(exc, self.folder)}); choose another "
+                               "{output_dir}") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise SettingError(f"{self.path} is a symbolic link; records are only written inside the output folder: "
+                               "replace it with a copy of the file it points to, or choose another {output_dir}")
+        if not stat.S_ISREG(st.st_mode):
+            raise SettingError(f"{self.path} is not a file (a folder?); move it away or choose another {{output_dir}}")
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | _NOFOLLOW))
+        except OSError as exc:
+            raise SettingError(f"cannot append to {self.path} ({describe_cause(exc, self.folder)}); make it writable "
+                               "or choose another {output_dir}") from None
+
     def records(self) -> Dict[str, dict]:
         out: Dict[str, dict] = {}
         try:
+            if not stat.S_ISREG(os.stat(self.path).st_mode):  # a folder or a pipe: reading one could block
+                raise IsADirectoryError(errno.EISDIR, "not a file")
             with open(self.path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
+            return out
+        except OSError as exc:
+            logger.warning("%s: cannot read it (%s); its records are not used", self.path,
+                           describe_cause(exc, self.folder))
             return out
         skipped: List[int] = []
         for n, raw in enumerate(data.split(b"\n"), 1):
@@ -72,9 +102,9 @@ class Manifest:
         """Add one record as a single locked, synced write; on failure the file is cut back to its old end. A stop
         signal waits for the append to finish; the caller then sees it by polling (the record counts as made)."""
         with uninterrupted(stop_after=False):
-            line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+            line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o666)
             except OSError as exc:
                 raise OutputWriteError(self.path, describe_cause(exc, self.folder)) from exc
             try:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional, Tuple
 
 from .config import RunConfig
-from .prompts import Job
+from .prompts import Job, check_job
 
 SHORT = 10  # hex digits of the fingerprint in file names
 TINY_MODELS = "tiny-random-v1"  # the --tiny models' identity; change it when their builders change
@@ -104,6 +104,9 @@ class OutputSet:
 
 def output_set(config: RunConfig, job: Job, lora: Optional[Dict[str, Any]],
                context: Optional[Tuple[int, int]] = None) -> OutputSet:
+    """The file names of ``job`` under ``config``; a job whose text could not name a file or go into a UTF-8 record
+    is refused here, whoever made it (see :func:`ivmixed.prompts.check_job`)."""
+    check_job(job)
     ids = identities(config, job, lora, context)
     full, standard = fingerprint(ids["iv_mix"]), fingerprint(ids["standard"])
     prefix, fmt = job.prefix(config.pipeline), config.format

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .loading import cached_file
+from .settings import ReferenceCompat
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ class PipelineSpec:
     prompt_schedules: bool = False
     # Settings that change the standard (baseline) video too, beyond the ones every pipeline shares.
     standard_options: Tuple[str, ...] = field(default=())
+    # What --reference-compat reproduces of the published code for this pipeline (the pipeline class's
+    # ``reference_compat_options``), as plain data so settings are checked against it without importing torch.
+    reference_compat: ReferenceCompat = field(default_factory=ReferenceCompat)
 
     def checkpoint(self, key: str) -> Checkpoint:
         return next(c for c in self.checkpoints if c.key == key)
@@ -92,6 +96,7 @@ TINY_MOTION_FRAMES = 32  # the tiny random motion adapter's window (ivmixed.test
 
 ANIMATEDIFF = PipelineSpec(
     name="Animatediff",
+    reference_compat=ReferenceCompat(swap_first_moves=True),
     class_path="ivmixed.pipelines.animatediff:IVMixedAnimateDiffPipeline",
     checkpoints=(
         Checkpoint("video_model", "video model", "SG161222/Realistic_Vision_V5.1_noVAE", "model_index.json"),
@@ -105,6 +110,7 @@ ANIMATEDIFF = PipelineSpec(
 )
 MODELSCOPE = PipelineSpec(
     name="ModelScope",
+    reference_compat=ReferenceCompat(image_model_every_step=True),
     class_path="ivmixed.pipelines.modelscope:IVMixedModelScopePipeline",
     checkpoints=(
         Checkpoint("video_model", "video model", "ali-vilab/text-to-video-ms-1.7b", "model_index.json"),
@@ -114,6 +120,7 @@ MODELSCOPE = PipelineSpec(
 )
 VIDEOCRAFTER = PipelineSpec(
     name="VideoCrafter",
+    reference_compat=ReferenceCompat(video_model_image_weight=True, per_frame_main_step=True),
     class_path="ivmixed.pipelines.videocrafter:IVMixedVideoCrafterPipeline",
     checkpoints=(
         Checkpoint("video_model", "video model", "cerspense/zeroscope_v2_576w", "model_index.json"),

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from .config import RunConfig, check_output_dir, with_resolved_runtime
-from .errors import SettingError
+from .errors import ModelLoadError, SettingError
+from .leftovers import held_temp_folder, sweep_files, sweep_folders
 from .manifest import Manifest
 from .outputs import OutputSet, lora_identity, output_set
 from .prompts import Job, read_prompt_file
@@ -28,6 +29,8 @@ from .stopping import RunStopped
 logger = logging.getLogger("ivmixed")
 
 VIDEO_KINDS = ("iv_mix", "standard")
+VIDEO_LABELS = {"iv_mix": "IV-mixed", "standard": "standard"}  # the step bars' labels
+CAPTION_PROMPT = 300  # characters of the prompt in a contact sheet's caption: room is left for the settings
 # step observer: (video kind, step index, total steps)
 StepObserver = Callable[[str, int, int], None]
 
@@ -129,11 +132,24 @@ def load_pipeline(config: RunConfig) -> LoadedPipeline:
     quiet_libraries()
     t0 = time.perf_counter()
     threads = set_cpu_threads(config.device, config.tiny)
-    with tempfile.TemporaryDirectory(prefix="ivmixed-tiny-") as tiny_root:
-        if config.tiny:
-            from .testing import save_tiny_checkpoints
+    logger.info("loading the %s models%s", spec.name,
+                " (random tiny ones)" if config.tiny else ": " + ", ".join(dict.fromkeys(sources.values())))
+    if config.tiny:
+        from .testing import TINY_FOLDER_PREFIX, save_tiny_checkpoints
 
-            sources = save_tiny_checkpoints(tiny_root, spec.name)
+        temp = tempfile.gettempdir()
+        sweep_folders(temp, TINY_FOLDER_PREFIX)
+        try:
+            with held_temp_folder(TINY_FOLDER_PREFIX) as tiny_root:
+                pipe = spec.pipeline_class().from_checkpoints(**save_tiny_checkpoints(tiny_root, spec.name),
+                                                              dtype=torch_dtype(config.dtype))
+        except OSError as exc:
+            from .export import describe_cause
+
+            raise ModelLoadError(f"cannot save the tiny models in the temporary folder {temp} "
+                                 f"({describe_cause(exc, temp)}); free space there or set TMPDIR to another "
+                                 "folder") from None
+    else:
         pipe = spec.pipeline_class().from_checkpoints(**sources, dtype=torch_dtype(config.dtype))
     lora_record = None
     if config.lora:
@@ -185,6 +201,8 @@ class Runner:
         self.progress_bars = progress_bars
         self.manifest = Manifest(self.config.output_dir)
         self.report = RunReport()
+        # Files known complete though no record lists them: a sweep's shared baseline, written for its cells.
+        self.complete: Set[str] = set()
 
     # -- planning ------------------------------------------------------------------------------------------
 
@@ -195,7 +213,10 @@ class Runner:
         check_output_dir(config.output_dir)
         for job in jobs:
             self._check_prompt(job)
+        self.manifest.check_writable()
+        sweep_files(config.output_dir)
         done = self.manifest.records()
+        recorded = {name for record in done.values() for name in record["files"].values()} | self.complete
         unique, todo, finished, seen = [], [], 0, set()
         for job in jobs:
             outputs = self.output_set(job)
@@ -203,7 +224,7 @@ class Runner:
                 continue
             seen.add(outputs.fingerprint)
             unique.append(job)
-            make = self._missing(outputs, done.get(outputs.fingerprint))
+            make = self._missing(outputs, done.get(outputs.fingerprint), recorded)
             if not make:
                 finished += 1
             elif any(kind in outputs.files and kind not in make for kind in VIDEO_KINDS):
@@ -253,16 +274,19 @@ class Runner:
             raise SettingError(f"{where}prompt schedules (\"0: ... | 24: ...\") work with {{pipeline}} Animatediff only; "
                                f"{self.config.pipeline} takes one prompt per video")
 
-    def _missing(self, outputs: OutputSet, record: Optional[dict]) -> List[str]:
+    def _missing(self, outputs: OutputSet, record: Optional[dict], recorded: Set[str]) -> List[str]:
+        """The kinds of ``outputs`` this run makes. A file counts as made only when it is on disk *and* a manifest
+        record lists it (``recorded``): one left by a run stopped before its record is made again. The set is
+        finished when its own ``record`` lists every file it wants."""
         wanted = [kind for kind in outputs.files if kind != "record"]
         if self.config.overwrite:
             return wanted
-        on_disk = {kind for kind, name in outputs.files.items()
-                   if os.path.isfile(os.path.join(self.config.output_dir, name))}
-        if record is not None and all(kind in on_disk for kind in outputs.files):
+        made = {kind for kind, name in outputs.files.items()
+                if name in recorded and os.path.isfile(os.path.join(self.config.output_dir, name))}
+        if record is not None and all(kind in made for kind in outputs.files):
             if all(record["files"].get(kind) == name for kind, name in outputs.files.items()):
                 return []
-        return [kind for kind in wanted if kind not in on_disk]
+        return [kind for kind in wanted if kind not in made]
 
     # -- running -------------------------------------------------------------------------------------------
 
@@ -291,9 +315,11 @@ class Runner:
                                                 disable=not (is_main and self.progress_bars))
             from tqdm.auto import tqdm
 
-            for item in tqdm(mine, desc="prompts", position=0, disable=not show_overall, unit="prompt"):
+            for n, item in enumerate(tqdm(mine, desc="prompts", position=0, disable=not show_overall, unit="prompt"), 1):
                 if self.should_stop is not None and self.should_stop():
                     raise RunStopped("stopped")
+                if len(mine) > 1:
+                    logger.info("prompt %d/%d: %s", n, len(mine), describe_job(item.outputs.job))
                 self.report.made.append(self.make(loaded, item))
         if state is not None:
             state.wait_for_everyone()
@@ -322,6 +348,8 @@ class Runner:
                 pipeline._interrupt = True
             return {}
 
+        # diffusers keeps the bar's options in the pipeline; the label says which video is sampling
+        pipe.set_progress_bar_config(**{**getattr(pipe, "_progress_bar_config", {}), "desc": VIDEO_LABELS[kind]})
         schedule = job.schedule(config.num_frames)
         kwargs = dict(
             prompt=schedule if schedule is not None else job.prompt,
@@ -350,7 +378,7 @@ class Runner:
 
     def make(self, loaded: LoadedPipeline, item: Todo) -> Dict[str, Any]:
         """Make one job's missing files, write its record and append it to the manifest; returns the record."""
-        from .export import read_video, write_image, write_json, write_video
+        from .export import write_image, write_json, write_video
 
         config, outputs, folder = self.config, item.outputs, self.config.output_dir
         job, files = outputs.job, outputs.files
@@ -358,6 +386,10 @@ class Runner:
         calls: Dict[str, Dict[str, int]] = {}
         timings: Dict[str, float] = {}
         self._set_context_windows(loaded.pipe)
+        if "side_by_side" in item.make or "contact_sheet" in item.make:  # read before sampling: fail early
+            for kind in VIDEO_KINDS:
+                if kind not in item.make:
+                    frames[kind] = read_finished_video(os.path.join(folder, files[kind]))
         for kind in VIDEO_KINDS:
             if kind not in item.make:
                 continue
@@ -366,15 +398,13 @@ class Runner:
             timings[f"{kind}_s"] = round(time.perf_counter() - t0, 3)
             calls[kind], frames[kind] = dict(out.network_calls), out.frames[0]
             if os.path.exists(os.path.join(folder, files[kind])):
-                logger.warning("replacing %s (--overwrite)", files[kind])
+                logger.warning("replacing %s (%s)", files[kind], "--overwrite" if config.overwrite else
+                               "no record lists it: the run that made it stopped before finishing its prompt")
             write_video(frames[kind], os.path.join(folder, files[kind]), config.fps)
             logger.info("wrote %s (%s)", files[kind], ", ".join(f"{k} calls: {v}" for k, v in calls[kind].items()))
         if "side_by_side" in item.make or "contact_sheet" in item.make:
             from .compare import contact_sheet, side_by_side
 
-            for kind in VIDEO_KINDS:
-                if kind not in frames:
-                    frames[kind] = read_video(os.path.join(folder, files[kind]))
             if "side_by_side" in item.make:
                 write_video(side_by_side(frames["standard"], frames["iv_mix"]),
                             os.path.join(folder, files["side_by_side"]), config.fps)
@@ -442,6 +472,17 @@ class Runner:
         })
 
 
+def read_finished_video(path: str):
+    """The frames of a finished video a comparison is built from; one line naming the file when it is damaged."""
+    from .export import read_video
+
+    try:
+        return read_video(path)
+    except Exception as exc:  # any decoder failure: the file was changed or cut after it was finished
+        raise SettingError(f"cannot read the finished video {path} ({type(exc).__name__}); it was damaged after it "
+                           "was written: delete it and run again to make it anew (or add {overwrite})") from None
+
+
 def previous_record(records: Dict[str, Dict[str, Any]], outputs: OutputSet) -> Optional[Dict[str, Any]]:
     """The newest record that lists this set's standard video (for its measured calls and time)."""
     name = outputs.files.get("standard")
@@ -458,9 +499,17 @@ def manifest_entry(record: Dict[str, Any]) -> Dict[str, Any]:
     return {k: record[k] for k in keys}
 
 
+def describe_job(job: Job, limit: int = 60) -> str:
+    """A job as the log names it when it starts: its id or where it was read, and the start of its prompt."""
+    text = job.prompt if len(job.prompt) <= limit else job.prompt[: limit - 3].rstrip() + "..."
+    name = job.id or job.where
+    return f"{name}: {text!r}" if name else repr(text)
+
+
 def contact_caption(config: RunConfig, job: Job) -> str:
     iv = config.iv_mixed.resolved(config.inference_step)
-    return (f"{job.prompt} | seed {job.seed} | {config.pipeline}, {config.inference_step} steps, guidance "
+    prompt = job.prompt if len(job.prompt) <= CAPTION_PROMPT else job.prompt[: CAPTION_PROMPT - 3].rstrip() + "..."
+    return (f"{prompt} | seed {job.seed} | {config.pipeline}, {config.inference_step} steps, guidance "
             f"{config.guidance_scale:g} | IV-mixed: interval {iv.interval_begin}-{iv.interval_end}, zz {iv.zz}, "
             f"image w {iv.i_sigma_begin:g}->{iv.i_sigma_end:g}, video w {iv.v_sigma_begin:g}->{iv.v_sigma_end:g}, "
             f"rho {iv.rho:g}" + (", reference-compat" if config.reference_compat else ""))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from .errors import SettingError
 from .guidance import guidance_schedule
@@ -117,6 +117,14 @@ class ReferenceCompat:
 
     def weights(self, begin: float, end: float, num_steps: int, rho: float) -> List[float]:
         return guidance_schedule(begin, end, self.table_length or num_steps, rho)[:num_steps]
+
+    def ignored_knobs(self) -> Dict[str, str]:
+        """The :class:`IVMixedSettings` knobs these deviations leave unused, each with why, so that a value given
+        for one is reported instead of silently having no effect."""
+        ignored: Dict[str, str] = {}
+        if self.image_model_every_step:
+            ignored["zz"] = "the published code moved with the image model on every zigzag step"
+        return ignored
 
 
 NO_DEVIATIONS = ReferenceCompat(table_length=None)  # the algorithm of docs/ALGORITHM.md

@@ -1,7 +1,8 @@
 """Tiny random-weight components, saved in the hub repositories' layout.
 
 The tests and ``inference.py --tiny`` share these builders, so the real ``from_pretrained`` code is
-what they exercise, offline and in seconds. Their outputs are noise: the weights are random.
+what they exercise, offline and in seconds. Their outputs are noise: the weights are random. (The benchmark's
+full-size random architectures live beside it, in ``benchmarks/full_size_models.py``.)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .models import VideoCrafterUNet3DConditionModel
 from .registry import PIPELINES, TINY_MOTION_FRAMES
 
 TEXT_DIM = 32
+TINY_FOLDER_PREFIX = "ivmixed-tiny-"  # the temporary folder the tiny models are saved in while they load
 LATENT_SIZE = 8  # image UNets' native sample size; the VAE scales by 8, so 64 px
 VIDEO_LATENT_SIZE = 4  # text-to-video UNets' default size: unlike LATENT_SIZE, so the image model's resize path runs
 VAE_SCALE = 8
@@ -280,8 +282,7 @@ def tiny_pipeline(pipeline: str = "Animatediff"):
     ``pipeline`` is a name of :data:`ivmixed.registry.PIPELINES` (any case). Sets torch to one CPU thread, as
     ``--tiny`` does (:func:`ivmixed.runtime.set_cpu_threads`).
     """
-    import tempfile
-
+    from .leftovers import held_temp_folder
     from .registry import find_pipeline
     from .runtime import quiet_libraries, set_cpu_threads
 
@@ -290,114 +291,7 @@ def tiny_pipeline(pipeline: str = "Animatediff"):
         raise ValueError(f"unknown pipeline {pipeline!r}; choose one of {', '.join(PIPELINES)}")
     quiet_libraries()
     set_cpu_threads("cpu", tiny=True)
-    with tempfile.TemporaryDirectory(prefix="ivmixed-tiny-") as root:
+    with held_temp_folder(TINY_FOLDER_PREFIX) as root:
         pipe = spec.pipeline_class().from_checkpoints(**save_tiny_checkpoints(root, spec.name))
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-# -- full-size architectures with random weights (benchmarks: real shapes and FLOPs, no download) ----------
-
-SD15_UNET_CONFIG = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(320, 640, 1280, 1280),
-    layers_per_block=2,
-    cross_attention_dim=768,
-    attention_head_dim=8,
-    norm_num_groups=32,
-)
-# guoyww/animatediff-motion-adapter-v1-5-3 (its config.json has no motion mid block)
-MOTION_ADAPTER_V153_CONFIG = dict(
-    block_out_channels=(320, 640, 1280, 1280),
-    motion_layers_per_block=2,
-    motion_mid_block_layers_per_block=1,
-    motion_num_attention_heads=8,
-    motion_norm_num_groups=32,
-    motion_max_seq_length=32,
-    use_motion_mid_block=False,
-)
-SD_VAE_CONFIG = dict(
-    in_channels=3,
-    out_channels=3,
-    latent_channels=4,
-    block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    layers_per_block=2,
-    norm_num_groups=32,
-    sample_size=512,
-    scaling_factor=0.18215,
-)
-# ali-vilab/text-to-video-ms-1.7b's UNet (UNet3DConditionModel's defaults at 256 px)
-MODELSCOPE_UNET_CONFIG = dict(
-    sample_size=32,
-    block_out_channels=(320, 640, 1280, 1280),
-    layers_per_block=2,
-    cross_attention_dim=1024,
-    attention_head_dim=64,
-    norm_num_groups=32,
-)
-# adamdad/videocrafterv2_diffusers (see ivmixed.models.videocrafter_unet): the class defaults are its config
-VIDEOCRAFTER_UNET_CONFIG: Dict = {}
-# Token ids of the character-level tokenizer above: the full-size text encoders must end sequences on its EOS.
-_TINY_VOCAB = 2 * 256 + len(SPECIAL_TOKENS)
-CLIP_L_TEXT_CONFIG = dict(  # SD 1.5's CLIP ViT-L/14 text tower
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-)
-OPEN_CLIP_H_TEXT_CONFIG = dict(  # ModelScope's and Zeroscope's OpenCLIP ViT-H/14 text tower
-    vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
-    max_position_embeddings=77, hidden_act="gelu", projection_dim=512,
-)
-
-
-def _full_text_encoder(config: Dict) -> CLIPTextModel:
-    return CLIPTextModel(CLIPTextConfig(**config, bos_token_id=_TINY_VOCAB - 2, eos_token_id=_TINY_VOCAB - 1,
-                                        pad_token_id=_TINY_VOCAB - 1)).eval()
-
-
-def full_size_pipeline(pipeline: str, folder: str, dtype: torch.dtype = torch.float32, device="cpu", seed: int = 0):
-    """``pipeline`` with its real architectures and random weights, built on ``device`` in ``dtype``.
-
-    The tokenizer is the character-level one (written to ``folder``): prompt lengths differ from CLIP's BPE, but
-    every prompt is padded to 77 tokens, so the text encoders' work is the same.
-    """
-    from diffusers import DPMSolverMultistepScheduler
-
-    from .pipelines.animatediff import DDIM_SETTINGS
-    from .pipelines.videocrafter import DPM_SETTINGS
-
-    torch.manual_seed(seed)
-    with torch.device(device):
-        image_unet = UNet2DConditionModel(**SD15_UNET_CONFIG).eval()
-        vae = AutoencoderKL(**SD_VAE_CONFIG).eval()
-        if pipeline == "Animatediff":
-            components = dict(
-                text_encoder=_full_text_encoder(CLIP_L_TEXT_CONFIG),
-                tokenizer=tiny_tokenizer(os.path.join(folder, "tokenizer")),
-                unet=UNet2DConditionModel(**SD15_UNET_CONFIG).eval(),
-                motion_adapter=MotionAdapter(**MOTION_ADAPTER_V153_CONFIG).eval(),
-                scheduler=DDIMScheduler.from_config(sd_scheduler().config, **DDIM_SETTINGS),
-            )
-        elif pipeline in ("ModelScope", "VideoCrafter"):
-            components = dict(
-                text_encoder=_full_text_encoder(OPEN_CLIP_H_TEXT_CONFIG),
-                tokenizer=tiny_tokenizer(os.path.join(folder, "tokenizer")),
-                image_text_encoder=_full_text_encoder(CLIP_L_TEXT_CONFIG),
-                image_tokenizer=tiny_tokenizer(os.path.join(folder, "image_tokenizer")),
-            )
-            if pipeline == "ModelScope":
-                components["unet"] = UNet3DConditionModel(**MODELSCOPE_UNET_CONFIG).eval()
-                components["scheduler"] = DDIMScheduler.from_config(t2v_scheduler().config, **DDIM_SETTINGS)
-            else:
-                components["unet"] = VideoCrafterUNet3DConditionModel(**VIDEOCRAFTER_UNET_CONFIG).eval()
-                components["scheduler"] = DPMSolverMultistepScheduler.from_config(t2v_scheduler().config, **DPM_SETTINGS)
-        else:
-            raise ValueError(f"no full-size architecture for pipeline {pipeline!r}")
-        # inside the device context: AnimateDiff's constructor builds the motion UNet from the 2D one
-        pipe = PIPELINES[pipeline].pipeline_class()(vae=vae, image_unet=image_unet, **components)
-    return pipe.to(dtype=dtype)

@@ -50,6 +50,21 @@ def run_main(args, capsys):
     return code, capsys.readouterr().err
 
 
+def count_generations(monkeypatch):
+    """Count the videos sampled (by kind) while keeping the real sampling."""
+    from ivmixed.runner import Runner
+
+    made = []
+    real = Runner._generate
+
+    def generate(self, pipe, job, kind):
+        made.append((job.prompt, kind))
+        return real(self, pipe, job, kind)
+
+    monkeypatch.setattr(Runner, "_generate", generate)
+    return made
+
+
 def no_bar(total):
     """A progress bar for :func:`ivmixed.sample_iv_mixed` that shows nothing."""
 

@@ -142,4 +142,5 @@ def test_missing_weights_name_the_model(tmp_path):
 
     with pytest.raises(ModelLoadError, match="motion adapter .*`hf download ivmixed-test/no-such-adapter`") as info:
         IVMixedAnimateDiffPipeline.from_checkpoints(motion_adapter="ivmixed-test/no-such-adapter")
-    assert info.value.render(lambda name: "--" + name.replace("_", "-")).endswith("with --motion-adapter")
+    assert ("the motion adapter 'ivmixed-test/no-such-adapter' (`hf download ivmixed-test/no-such-adapter` while "
+            "online, or a local folder with --motion-adapter)") in info.value.render(lambda n: "--" + n.replace("_", "-"))

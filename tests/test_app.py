@@ -214,7 +214,7 @@ def test_starting_points_order_image_model_share_and_are_valid_settings(tmp_path
 
 
 def test_app_subcommand_and_module_share_one_parser(capsys):
-    from ivmixed.cli import main
+    from ivmixed.entry import main
 
     with pytest.raises(SystemExit) as info:
         main(["app", "--help"])

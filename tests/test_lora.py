@@ -264,7 +264,7 @@ def test_resolve_lora(tmp_path, converted, lora_file):
         apply_lora_to_pipeline(None, "amechass", target="audio", lora_dirs=[lora_dir])
 
 
-def test_script_end_to_end(tmp_path, base, lora_file, lora_sd):
+def test_script_end_to_end(tmp_path, base, lora_file, lora_sd, capsys):
     out = str(tmp_path / "style")
     args = [sys.executable, SCRIPT, "--base_model_path", base, "--checkpoint_path", lora_file, "--dump_path", out,
             "--alpha", "0.5", "--to_safetensors"]
@@ -275,7 +275,7 @@ def test_script_end_to_end(tmp_path, base, lora_file, lora_sd):
     before = weights(UNet2DConditionModel.from_pretrained(base, subfolder="unet"))
     after = weights(UNet2DConditionModel.from_pretrained(out, subfolder="unet"))
     assert_merged(before, after, lora_sd, layers_of("unet"), 0.5)
-    # A failure exits non-zero with one line and writes nothing (run in-process: the import alone takes seconds).
+    # A bad argument exits 2 with one line and writes nothing (run in-process: the import alone takes seconds).
     sys.path.insert(0, os.path.dirname(SCRIPT))
     try:
         import convert_lora_safetensor_to_diffusers as script
@@ -284,7 +284,8 @@ def test_script_end_to_end(tmp_path, base, lora_file, lora_sd):
     with pytest.raises(SystemExit) as exit_info:
         script.main(["--base_model_path", base, "--checkpoint_path", str(tmp_path / "gone.safetensors"),
                      "--dump_path", str(tmp_path / "other")])
-    assert str(exit_info.value.code) == f"error: LoRA file not found: {tmp_path / 'gone.safetensors'}"
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: LoRA file not found: {tmp_path / 'gone.safetensors'}\n"
     assert sorted(os.listdir(tmp_path)) == ["style"]
 
 

@@ -11,7 +11,7 @@ import time
 
 import imageio.v3 as iio
 import pytest
-from runs import files_of, manifest_lines, only_record, records, run_main, snapshot
+from runs import count_generations, files_of, manifest_lines, only_record, records, run_main, snapshot
 
 from ivmixed import export
 from ivmixed.config import build_config
@@ -20,19 +20,6 @@ from ivmixed.runner import Runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--tiny", "--inference-step", "2", "--num-frames", "2", "--device", "cpu"]
-
-
-def count_generations(monkeypatch):
-    """Count the videos sampled (by kind) while keeping the real sampling."""
-    made = []
-    real = Runner._generate
-
-    def generate(self, pipe, job, kind):
-        made.append((job.prompt, kind))
-        return real(self, pipe, job, kind)
-
-    monkeypatch.setattr(Runner, "_generate", generate)
-    return made
 
 
 def no_hidden_files(folder):

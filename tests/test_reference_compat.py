@@ -109,12 +109,40 @@ def guided_models(name, pipe, calls):
     return video, image
 
 
-def reference(name, pipe, latents, iv_mixed, seed, deviations):
-    """The loop of docs/ALGORITHM.md with the published code's deviations as switches. Returns latents and call counts."""
+def conditional_models(name, pipe, calls):
+    """The plain conditional predictions of ``pipe``'s UNets, whatever the weight: what the published code used
+    everywhere when ``guidance_scale <= 1`` switched classifier-free guidance off."""
+    video_emb = clip_embeddings(pipe.tokenizer, pipe.text_encoder, PROMPT)
+    if name == "Animatediff":
+        video_emb = video_emb.repeat_interleave(FRAMES, dim=0)
+        image_emb = video_emb
+    else:
+        image_emb = clip_embeddings(pipe.image_tokenizer, pipe.image_text_encoder, PROMPT).repeat_interleave(FRAMES, dim=0)
+    video_kwargs = {"fps": CASES[name]["extra"]["fps"]} if name == "VideoCrafter" else {}
+    native = pipe.image_unet.config.sample_size if name == "ModelScope" else None
+
+    def video(x, t, w):
+        calls["video"] += 1
+        return pipe.unet(x, t, encoder_hidden_states=video_emb, **video_kwargs).sample
+
+    def image(x, t, w):
+        calls["image"] += 1
+        h, wd = x.shape[-2:]
+        y = x if native is None else nearest(x, (native, native))
+        eps = video_view(pipe.image_unet(frames_view(y), t, encoder_hidden_states=image_emb).sample, x.shape[0],
+                         x.shape[2])
+        return eps if native is None else nearest(eps, (h, wd))
+
+    return video, image
+
+
+def reference(name, pipe, latents, iv_mixed, seed, deviations, gs=None, cfg=True):
+    """The loop of docs/ALGORITHM.md with the published code's deviations as switches. Returns latents and call
+    counts. ``gs`` replaces the case's guidance scale; ``cfg=False`` uses plain conditional predictions."""
     case = CASES[name]
-    n, zz, gs = case["n"], case["zz"], case["gs"]
+    n, zz, gs = case["n"], case["zz"], (case["gs"] if gs is None else gs)
     calls = {"video": 0, "image": 0}
-    video, image = guided_models(name, pipe, calls)
+    video, image = (guided_models if cfg else conditional_models)(name, pipe, calls)
     sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
     sched.set_timesteps(n)
     alphas, D = sched.alphas_cumprod.double().tolist(), 1000 // n
@@ -165,7 +193,7 @@ def run(name, pipe, latents, seed, **kwargs):
     case = CASES[name]
     return pipe(
         PROMPT, negative_prompt=NEGATIVE, num_frames=FRAMES, height=case["size"], width=case["size"],
-        num_inference_steps=case["n"], guidance_scale=case["gs"], latents=latents.clone(),
+        num_inference_steps=case["n"], guidance_scale=kwargs.pop("guidance_scale", case["gs"]), latents=latents.clone(),
         generator=torch.Generator().manual_seed(seed), output_type="latent", zz=case["zz"],
         i_sigma_begin=SIGMAS[0], i_sigma_end=SIGMAS[1], v_sigma_begin=SIGMAS[2], v_sigma_end=SIGMAS[3], rho=RHO,
         **case["extra"], **kwargs,
@@ -205,6 +233,39 @@ def test_compat_equals_the_published_loop_and_each_deviation_matters(pipes, name
     for deviation in deviations:
         partial, _ = reference(name, pipe, latents, True, seed, deviations - {deviation})
         assert relative(compat.frames, partial) > 1e-6, deviation
+
+
+@pytest.mark.parametrize("gs", [1.0, 0.5])
+@pytest.mark.parametrize("name", list(CASES))
+@torch.no_grad()
+def test_compat_at_guidance_up_to_1_switches_guidance_off_everywhere(pipes, name, gs):
+    """As the published code (and diffusers): no classifier-free guidance at guidance_scale <= 1, zigzag included;
+    every network call is one conditional prediction, without the unconditional half."""
+    pipe, deviations, seed = pipes[name], CASES[name]["deviations"], 5
+    latents = initial_latents(name, 3)
+    rows = {"video": [], "image": []}
+    hooks = [getattr(pipe, attr).register_forward_pre_hook(lambda module, args, key=key: rows[key].append(args[0].shape[0]))
+             for attr, key in (("unet", "video"), ("image_unet", "image"))]
+    try:
+        compat = run(name, pipe, latents, seed, reference_compat=True, guidance_scale=gs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    want, calls = reference(name, pipe, latents, True, seed, deviations, gs=gs, cfg=False)
+    assert relative(compat.frames, want) < 1e-10, relative(compat.frames, want)
+    assert compat.network_calls == calls and calls["image"] > 0
+    assert rows == {"video": [1] * calls["video"], "image": [FRAMES] * calls["image"]}  # no unconditional rows
+    guided, _ = reference(name, pipe, latents, True, seed, deviations, gs=gs)
+    assert relative(compat.frames, guided) > 1e-3  # guidance would have changed the result
+
+    standard = run(name, pipe, latents, seed, iv_mixed=False, reference_compat=True, guidance_scale=gs)
+    want_standard, _ = reference(name, pipe, latents, False, seed, deviations, gs=gs, cfg=False)
+    assert relative(standard.frames, want_standard) < 1e-10
+
+    # The default mode keeps guidance: the zigzag's negative-guidance inversions need the unconditional half.
+    default = run(name, pipe, latents, seed, guidance_scale=gs)
+    want_default, _ = reference(name, pipe, latents, True, seed, set(), gs=gs)
+    assert relative(default.frames, want_default) < 1e-10
 
 
 @torch.no_grad()

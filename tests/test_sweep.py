@@ -234,7 +234,7 @@ def test_evaluate_scores_every_cell_and_plots_them(swept, clip_folder, tmp_path)
 
     stem = glob.glob(os.path.join(folder, "*.sweep.json"))[0][: -len(".sweep.json")]
     assert os.path.getsize(stem + "_plot.png") > 10_000
-    from ivmixed.sweep import plot_sweep
+    from ivmixed.evaluate import plot_sweep
 
     rows = [{**row, "clip_score": float(row["clip_score"]), "frame_consistency": float(row["frame_consistency"])}
             for row in table]

@@ -9,8 +9,7 @@ from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, UNet2DC
 
 from ..loading import loading
 from ..registry import PIPELINES as SPECS
-from ..sampler import ReferenceCompat
-from .common import IVMixedSamplingMixin, guided_predictor, per_frame_predictor
+from .common import IVMixedSamplingMixin, ensure_checkpoints, guided_predictor, per_frame_predictor
 from .long_video import check_free_noise_frames, encode_frame_prompts, frames_per_image_call, uses_frame_prompts
 
 SPEC = SPECS["Animatediff"]
@@ -32,7 +31,7 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
     model_cpu_offload_seq = "text_encoder->image_encoder->image_unet->unet->vae"
     default_zz = SPEC.defaults["zz"]
     # The published AnimateDiff code let M see x_t labelled t1 and the video model x_t1 labelled t.
-    reference_compat_options = ReferenceCompat(swap_first_moves=True)
+    reference_compat_options = SPECS["Animatediff"].reference_compat
 
     def __init__(
         self,
@@ -60,8 +59,11 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
     ) -> "IVMixedAnimateDiffPipeline":
         """Build the pipeline from hub ids or local folders: an SD 1.5 base, a motion adapter, an SD 1.5 image model.
 
-        The base's scheduler is replaced by DDIM over the same betas (``scheduler_settings`` override).
+        The base's scheduler is replaced by DDIM over the same betas (``scheduler_settings`` override). Missing
+        folders and hub ids that are not cached while offline raise one :class:`~ivmixed.errors.ModelLoadError`
+        before anything loads.
         """
+        ensure_checkpoints(SPEC, video_model=video_model, motion_adapter=motion_adapter, image_model=image_model)
         with loading("motion adapter", motion_adapter, "motion_adapter"):
             adapter = MotionAdapter.from_pretrained(motion_adapter, dtype=dtype)
         with loading("image model", image_model, "image_model"):
@@ -114,7 +116,8 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
         ``prompt_embeds`` (the ``[uncond; cond]`` per-frame embeddings both UNets take) and
         ``negative_prompt_embeds``, as in diffusers' AnimateDiff; setting ``pipe._interrupt = True`` ends the loop
         early. ``reference_compat=True`` reproduces the published code where it departs from the design (see
-        :class:`ivmixed.sampler.ReferenceCompat`; at most 50 steps). Returns :class:`IVMixedPipelineOutput`, or
+        :class:`ivmixed.sampler.ReferenceCompat`; at most 50 steps; with ``guidance_scale <= 1`` every prediction,
+        zigzag included, is the plain conditional one). Returns :class:`IVMixedPipelineOutput`, or
         ``(frames, network_calls)`` when ``return_dict=False``.
 
         Long videos and prompt travel: with ``pipe.enable_free_noise(context_length, context_stride)`` the motion

@@ -15,6 +15,7 @@ from diffusers.utils import BaseOutput
 from einops import rearrange
 
 from ..guidance import combine_guidance
+from ..loading import ensure_available
 from ..sampler import IVMixedSettings, NoisePredictor, ReferenceCompat, image_model_needed, sample_iv_mixed
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,14 @@ class IVMixedPipelineOutput(BaseOutput):
 
     frames: Union[torch.Tensor, np.ndarray, List[List[PIL.Image.Image]]]
     network_calls: Dict[str, int]
+
+
+def ensure_checkpoints(spec, **sources: str) -> None:
+    """Before any weight loads, refuse the checkpoints ``from_checkpoints`` cannot have, in one message: a
+    missing folder, or hub ids neither cached nor downloadable (offline), as the command line does. Without it
+    an offline load retries the network for each file and fails on a misleading missing ``config.json``.
+    ``spec`` is the pipeline's :class:`~ivmixed.registry.PipelineSpec`; ``sources`` its checkpoint keywords."""
+    ensure_available([(c.what, sources[c.key], c.key, c.marker) for c in spec.checkpoints])
 
 
 def check_image_batch_size(image_batch_size: Optional[int]) -> None:
@@ -233,7 +242,10 @@ class IVMixedSamplingMixin:
         device = self._execution_device
 
         # The zigzag's negative-guidance inversions need the unconditional half even when guidance_scale <= 1.
-        with_uncond = guidance_scale > 1.0 or settings is not None
+        # The published code instead switched classifier-free guidance off entirely there (as diffusers does,
+        # guidance_scale > 1), zigzag included: every prediction is the conditional one, made without the
+        # unconditional half.
+        with_uncond = guidance_scale > 1.0 or (settings is not None and compat is None)
         lora_scale = cross_attention_kwargs.get("scale") if cross_attention_kwargs else None
         video_embeds, negative_prompt_embeds = self._encode_video_prompt(
             prompt, negative_prompt, num_frames, device, with_uncond, prompt_embeds, negative_prompt_embeds,

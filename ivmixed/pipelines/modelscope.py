@@ -13,6 +13,7 @@ from ..loading import loading
 from ..registry import PIPELINES as SPECS
 from ..sampler import ReferenceCompat
 from .animatediff import DDIM_SETTINGS
+from .common import ensure_checkpoints
 from .text_to_video import IVMixedTextToVideoPipeline, load_image_components
 
 logger = logging.get_logger(__name__)
@@ -33,7 +34,7 @@ class IVMixedModelScopePipeline(IVMixedTextToVideoPipeline):
     default_zz = SPEC.defaults["zz"]
     # The published ModelScope code had no zz (the image model on every zigzag step) and moved the whole latent
     # at the image model's size; the size is the loaded image UNet's (see _reference_compat).
-    reference_compat_options = ReferenceCompat(image_model_every_step=True)
+    reference_compat_options = SPECS["ModelScope"].reference_compat
 
     def _reference_compat(self) -> ReferenceCompat:
         size = self.image_unet.config.sample_size if self.image_unet is not None and self.resize_image_latents else None
@@ -50,8 +51,10 @@ class IVMixedModelScopePipeline(IVMixedTextToVideoPipeline):
         """Build the pipeline from hub ids or local folders: a ModelScope checkpoint and an SD 1.5 image model.
 
         In fp16 the video model's ``fp16`` variant is loaded when it has one. Its scheduler is replaced by DDIM
-        over the same betas (``scheduler_settings`` override).
+        over the same betas (``scheduler_settings`` override). Missing folders and hub ids that are not cached
+        while offline raise one :class:`~ivmixed.errors.ModelLoadError` before anything loads.
         """
+        ensure_checkpoints(SPEC, video_model=video_model, image_model=image_model)
         components = load_image_components(image_model, dtype)
         pipe = None
         with loading("video model", video_model, "video_model"):

@@ -167,7 +167,9 @@ class IVMixedTextToVideoPipeline(
         preset ``default_zz``. ``callback_on_step_end`` may read and replace ``latents``, ``prompt_embeds`` (the
         video UNet's ``[uncond; cond]`` embeddings) and ``negative_prompt_embeds``; setting
         ``pipe._interrupt = True`` ends the loop early. ``reference_compat=True`` reproduces the published code
-        where it departs from the design (see :class:`ivmixed.sampler.ReferenceCompat`; at most 50 steps). Returns :class:`IVMixedPipelineOutput` (``frames`` as
+        where it departs from the design (see :class:`ivmixed.sampler.ReferenceCompat`; at most 50 steps; with
+        ``guidance_scale <= 1`` every prediction, zigzag included, is the plain conditional one). Returns
+        :class:`IVMixedPipelineOutput` (``frames`` as
         ``output_type``, plus the number of guided network calls per model), or ``(frames, network_calls)`` when
         ``return_dict=False``.
         """

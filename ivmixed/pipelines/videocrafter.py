@@ -10,7 +10,7 @@ from diffusers import DPMSolverMultistepScheduler
 from ..loading import loading
 from ..models import VideoCrafterUNet3DConditionModel
 from ..registry import PIPELINES as SPECS
-from ..sampler import ReferenceCompat
+from .common import ensure_checkpoints
 from .text_to_video import IVMixedTextToVideoPipeline, load_image_components
 
 SPEC = SPECS["VideoCrafter"]
@@ -37,7 +37,7 @@ class IVMixedVideoCrafterPipeline(IVMixedTextToVideoPipeline):
     default_zz = SPEC.defaults["zz"]
     # The published VideoCrafter code gave the video model the image weight where it took M's place, and stepped
     # the main scheduler on per-frame latents (which places the SDE noise of a seeded generator differently).
-    reference_compat_options = ReferenceCompat(video_model_image_weight=True, per_frame_main_step=True)
+    reference_compat_options = SPECS["VideoCrafter"].reference_compat
 
     @classmethod
     def from_checkpoints(
@@ -52,7 +52,10 @@ class IVMixedVideoCrafterPipeline(IVMixedTextToVideoPipeline):
         VideoCrafter2 UNet (weights at the root or under ``unet/``) and an SD 1.5-family image model.
 
         The scheduler is DPM-Solver++ (SDE) from Zeroscope's scheduler config (``scheduler_settings`` override).
+        Missing folders and hub ids that are not cached while offline raise one
+        :class:`~ivmixed.errors.ModelLoadError` before anything loads.
         """
+        ensure_checkpoints(SPEC, video_model=video_model, unet=unet, image_model=image_model)
         components = load_image_components(image_model, dtype)
         with loading("VideoCrafter2 UNet", unet, "unet"):
             components["unet"] = VideoCrafterUNet3DConditionModel.from_pretrained(unet, dtype=dtype)
