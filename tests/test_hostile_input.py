@@ -13,9 +13,10 @@ import pytest
 import torch
 from runs import files_of, only_record, run_main
 
-import ivmixed.config as config_module
+import ivmixed.memory as memory_module
 import ivmixed.runner as runner_module
-from ivmixed.config import ConfigError, build_config, memory_needed
+from ivmixed.config import ConfigError, build_config
+from ivmixed.memory import memory_needed
 from ivmixed.outputs import output_set
 from ivmixed.prompts import MAX_PROMPT_CHARS, Job, read_prompt_file, slugify
 
@@ -56,7 +57,7 @@ def ram_24_gib(monkeypatch):
         return {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 24 * GIB // 4096}.get(name) or real(name)
 
     monkeypatch.setattr(os, "sysconf", sysconf)
-    monkeypatch.setattr(config_module, "_gpu_driver_present", lambda: False)
+    monkeypatch.setattr(memory_module, "gpu_driver_present", lambda: False)
 
 
 # -- text that is not UTF-8 -----------------------------------------------------------------------------------
@@ -304,7 +305,7 @@ def test_the_estimate_counts_what_it_says():
 
 
 def test_the_size_check_leaves_torch_unloaded_without_a_cuda_device():
-    if config_module._gpu_driver_present():
+    if memory_module.gpu_driver_present():
         pytest.skip("this machine has a GPU driver: a run without --device may be on CUDA")
     code = ("import sys\nfrom ivmixed.config import ConfigError, build_config\n"
             "try:\n    build_config({'prompt': 'x', 'num_frames': 10**6})\nexcept ConfigError as exc:\n"
