@@ -303,7 +303,7 @@ def test_the_readme_sweep_example_runs_as_written_with_tiny(tmp_path):
 def test_the_readme_sweep_picture_is_the_png_the_example_writes(tmp_path, monkeypatch):
     """docs/sweep-grid.png has the grid PNG's layout for the README's example with --tiny: the same size, caption
     and labels (drawn here around placeholder frames), and frames where the frames go. A stale picture fails:
-    ``IVMIXED_UPDATE_DOCS=1 python -m pytest tests/test_app_sweep_fixes.py`` makes it again."""
+    ``IVMIXED_UPDATE_DOCS=1 python -m pytest tests/test_app_and_sweep_details.py`` makes it again."""
     from ivmixed.cli import build_parser
     from ivmixed.sweep import Sweep, grid_sheet
 
