@@ -19,6 +19,12 @@ from .export import to_uint8
 BACKGROUND = (255, 255, 255)
 CAPTION_LINES = 12  # a longer caption ends in an ellipsis: a prompt of any length keeps the sheet small and quick
 ELLIPSIS = "\u2026"
+CAPTION_PROMPT = 300  # characters of a prompt in a caption: a long prompt leaves room for the settings after it
+
+
+def caption_prompt(prompt: str) -> str:
+    """``prompt`` as a caption shows it: at most :data:`CAPTION_PROMPT` characters, cut with an ellipsis."""
+    return prompt if len(prompt) <= CAPTION_PROMPT else prompt[: CAPTION_PROMPT - 1].rstrip() + ELLIPSIS
 
 
 def font_for(height: int) -> ImageFont.ImageFont:

@@ -17,8 +17,8 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from .errors import SettingError, Templated, quote, quote_message
-from .loading import looks_like_path
+from .errors import ModelLoadError, SettingError, Templated, quote, quote_message
+from .loading import check_local_sources
 from .lora_paths import LORA_TARGETS, check_lora
 from .memory import check_fits_memory
 from .prompts import SEED_LIMIT, prompt_problem, read_text_file, text_problem
@@ -398,10 +398,11 @@ def check(config: RunConfig) -> Tuple[SettingWarning, ...]:
             raise ConfigError(f"{{{key}}} applies to {{pipeline}} {owner} only")
     config.iv_mixed.check(config.inference_step)
     if not config.tiny:
-        for c in spec.checkpoints:
-            source = getattr(config, c.key)
-            if source is not None and looks_like_path(source) and not os.path.isdir(os.path.expanduser(source)):
-                raise ConfigError(f"{{{c.key}}} {source}: no such folder; give an existing checkpoint folder or a hub id")
+        try:
+            check_local_sources([(c.what, getattr(config, c.key), c.key, c.marker) for c in spec.checkpoints
+                                 if getattr(config, c.key) is not None])
+        except ModelLoadError as exc:  # a given folder that is not there: a bad value, found before loading
+            raise ConfigError(exc.template) from None
     if config.reference_compat and config.inference_step > REFERENCE_MAX_STEPS:
         raise ConfigError(f"{{reference_compat}} supports at most {REFERENCE_MAX_STEPS} {{inference_step}} (the "
                           f"published code's guidance tables have {REFERENCE_MAX_STEPS} entries), got {config.inference_step}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import reprlib
-from typing import Callable
+from typing import Callable, Optional
 
 _NAME = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 
@@ -51,9 +51,9 @@ def quote(value, limit: int = 80) -> str:
     return text.replace("{", "(").replace("}", ")")
 
 
-def quote_message(message: str, limit: int = 200) -> str:
-    """Another library's message (or any text) cut to ``limit`` characters, to embed in a template (braces
-    become parentheses, as :func:`quote` does)."""
-    message = message if len(message) <= limit else message[: limit - 3] + "..."
+def quote_message(message: str, limit: Optional[int] = 200) -> str:
+    """Another library's message (or any text, a path) cut to ``limit`` characters (``None``: whole), to embed in a
+    template (braces become parentheses, as :func:`quote` does)."""
+    message = message if limit is None or len(message) <= limit else message[: limit - 3] + "..."
     return message.replace("{", "(").replace("}", ")")
 

@@ -23,6 +23,7 @@ except ImportError:  # not POSIX: nothing is swept
     fcntl = None
 
 LOCK_NAME = ".lock"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # a link of our pattern is never followed, nor removed
 # A folder without its lock file may be one whose creator has not yet locked it: swept only when older than this.
 UNLOCKED_GRACE_S = 60.0
 # The hidden temporary files of export.atomic_path: ".<stem>.<8 random characters of mkstemp>.partial.<ext>".
@@ -73,7 +74,7 @@ def _owned(st: os.stat_result) -> bool:
 def _free(path: str) -> bool:
     """Whether nobody holds ``path``'s lock (taken and released at once)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
     except OSError:
         return False
     try:
@@ -96,7 +97,7 @@ def sweep_files(folder: str, pattern: Pattern[str] = PARTIAL_FILE) -> int:
             continue
         path = os.path.join(folder, name)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
         except OSError:
             continue
         try:

@@ -19,7 +19,7 @@ from .errors import ModelLoadError
 HUB_TIMEOUT_S = 3.0
 TRUE = {"1", "true", "yes", "on"}
 
-__all__ = ["ModelLoadError", "check_local_sources", "ensure_available", "hub_offline", "hub_reachable", "is_cached",
+__all__ = ["ModelLoadError", "check_local_sources", "ensure_available", "ensure_checkpoints", "hub_offline", "hub_reachable", "is_cached",
            "loading", "looks_like_path"]
 
 
@@ -109,6 +109,14 @@ def ensure_available(needed: Sequence[Tuple[str, str, str, str]]) -> None:
             constants.HF_HUB_OFFLINE = True
         except ImportError:
             pass
+
+
+def ensure_checkpoints(spec, **sources: str) -> None:
+    """:func:`ensure_available` over every checkpoint of a pipeline: ``spec`` is its
+    :class:`~ivmixed.registry.PipelineSpec`, ``sources`` its checkpoints by key. Both the run layer (before it
+    imports the pipeline) and each ``from_checkpoints`` call it, so an offline load fails with one message
+    instead of retrying the network per file and ending on a misleading missing ``config.json``."""
+    ensure_available([(c.what, sources[c.key], c.key, c.marker) for c in spec.checkpoints])
 
 
 def _hub_url():

@@ -45,7 +45,7 @@ from transformers import CLIPTextModel
 from .leftovers import LOCK_NAME, held_temp_folder, sweep_folders
 from .lora_paths import DEFAULT_SCALE as DEFAULT_ALPHA  # both routes merge at the same default strength
 from .lora_paths import LORA_TARGETS as TARGETS
-from .lora_paths import (TEXT_ENCODER_PREFIX, UNET_PREFIX, check_conversion, check_lora_file, missing_parents,
+from .lora_paths import (TEXT_ENCODER_PREFIX, UNET_PREFIX, check_dump_path, check_lora_file, missing_parents,
                          resolve_lora)
 from .stopping import uninterrupted
 
@@ -185,7 +185,7 @@ def convert_lora(
     that this call creates are removed again when it fails. An existing ``dump_path`` is refused rather than
     overwritten. Paths and the LoRA file are checked before the base model loads.
     """
-    check_conversion(base_model_path, checkpoint_path, dump_path)
+    check_dump_path(dump_path)  # the LoRA file and the base model's path are checked as they are read
     parent, name = os.path.split(os.path.abspath(dump_path))
     prefix = f".{name}.partial-"
     sweep_folders(parent, prefix)

@@ -13,7 +13,7 @@ import os
 import struct
 from typing import List, Optional, Sequence, Tuple
 
-from .errors import SettingError
+from .errors import SettingError, quote, quote_message
 
 DEFAULT_SCALE = 0.75  # the converter's default merge ratio; also the default strength of direct loading
 UNET_PREFIX = "lora_unet"  # kohya's key prefixes of the UNet and text-encoder layers
@@ -151,28 +151,23 @@ def check_lora_file(path: str) -> None:
                          "another file")
 
 
-def _plain(text: str) -> str:
-    """``text`` safe inside a :class:`~ivmixed.errors.SettingError` template (a path may hold braces)."""
-    return str(text).replace("{", "(").replace("}", ")")
-
-
 def check_lora(spec: str, target: str = "image", lora_dirs: Optional[Sequence[str]] = None) -> None:
     """Refuse, before any model loads, a LoRA that loading would refuse: one that cannot be found, a file that
     is unreadable or not a .safetensors file, or a converted folder for a target other than the image model
     (the folder replaces the image model whole). Raises :class:`~ivmixed.errors.SettingError` (a ``ValueError``)
     with one line, ``{lora}`` and ``{lora_target}`` templated as setting names."""
     if target not in LORA_TARGETS:
-        raise SettingError(f"{{lora_target}} must be one of {', '.join(LORA_TARGETS)}, got {_plain(repr(target))}")
+        raise SettingError(f"{{lora_target}} must be one of {', '.join(LORA_TARGETS)}, got {quote(target)}")
     try:
         kind, path = resolve_lora(spec, lora_dirs)
         if kind == "file":
             check_lora_file(path)
     except (OSError, ValueError) as exc:
-        raise SettingError(f"{{lora}}: {_plain(exc)}") from None
+        raise SettingError(f"{{lora}}: {quote_message(str(exc), None)}") from None
     if kind == "folder" and target != "image":
-        raise SettingError(f"{{lora}} {_plain(path)} is a converted Stable Diffusion folder and can only replace the "
-                           f"image model, not {{lora_target}} {target}; use {{lora_target}} image, or pass the "
-                           "LoRA's .safetensors file to apply it to the video model")
+        raise SettingError(f"{{lora}} {quote_message(path, None)} is a converted Stable Diffusion folder and can "
+                           f"only replace the image model, not {{lora_target}} {target}; use {{lora_target}} image, "
+                           "or pass the LoRA's .safetensors file to apply it to the video model")
 
 
 def missing_parents(path: str) -> List[str]:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from .config import RunConfig, check_output_dir, with_resolved_runtime
 from .errors import ModelLoadError, SettingError
-from .leftovers import held_temp_folder, sweep_files, sweep_folders
+from .leftovers import sweep_files
 from .manifest import Manifest
 from .outputs import OutputSet, lora_identity, output_set
 from .prompts import Job, read_prompt_file
@@ -30,7 +30,6 @@ logger = logging.getLogger("ivmixed")
 
 VIDEO_KINDS = ("iv_mix", "standard")
 VIDEO_LABELS = {"iv_mix": "IV-mixed", "standard": "standard"}  # the step bars' labels
-CAPTION_PROMPT = 300  # characters of the prompt in a contact sheet's caption: room is left for the settings
 # step observer: (video kind, step index, total steps)
 StepObserver = Callable[[str, int, int], None]
 
@@ -123,29 +122,26 @@ class PipelineCache:
 def load_pipeline(config: RunConfig) -> LoadedPipeline:
     """Load ``config``'s pipeline (random tiny models with ``tiny``), place it and apply LoRA and speed options."""
     from .performance import apply_performance_options
-    from .loading import ensure_available
+    from .loading import ensure_checkpoints
     from .runtime import quiet_libraries, set_cpu_threads, torch_dtype
 
     spec, sources = config.spec, config.model_sources()
     if not config.tiny:
-        ensure_available([(c.what, sources[c.key], c.key, c.marker) for c in spec.checkpoints])
+        ensure_checkpoints(spec, **sources)
     quiet_libraries()
     t0 = time.perf_counter()
     threads = set_cpu_threads(config.device, config.tiny)
     logger.info("loading the %s models%s", spec.name,
                 " (random tiny ones)" if config.tiny else ": " + ", ".join(dict.fromkeys(sources.values())))
     if config.tiny:
-        from .testing import TINY_FOLDER_PREFIX, save_tiny_checkpoints
+        from .testing import load_tiny
 
-        temp = tempfile.gettempdir()
-        sweep_folders(temp, TINY_FOLDER_PREFIX)
         try:
-            with held_temp_folder(TINY_FOLDER_PREFIX) as tiny_root:
-                pipe = spec.pipeline_class().from_checkpoints(**save_tiny_checkpoints(tiny_root, spec.name),
-                                                              dtype=torch_dtype(config.dtype))
+            pipe = load_tiny(spec, dtype=torch_dtype(config.dtype))
         except OSError as exc:
             from .export import describe_cause
 
+            temp = tempfile.gettempdir()
             raise ModelLoadError(f"cannot save the tiny models in the temporary folder {temp} "
                                  f"({describe_cause(exc, temp)}); free space there or set TMPDIR to another "
                                  "folder") from None
@@ -507,9 +503,10 @@ def describe_job(job: Job, limit: int = 60) -> str:
 
 
 def contact_caption(config: RunConfig, job: Job) -> str:
+    from .compare import caption_prompt
+
     iv = config.iv_mixed.resolved(config.inference_step)
-    prompt = job.prompt if len(job.prompt) <= CAPTION_PROMPT else job.prompt[: CAPTION_PROMPT - 3].rstrip() + "..."
-    return (f"{prompt} | seed {job.seed} | {config.pipeline}, {config.inference_step} steps, guidance "
+    return (f"{caption_prompt(job.prompt)} | seed {job.seed} | {config.pipeline}, {config.inference_step} steps, guidance "
             f"{config.guidance_scale:g} | IV-mixed: interval {iv.interval_begin}-{iv.interval_end}, zz {iv.zz}, "
             f"image w {iv.i_sigma_begin:g}->{iv.i_sigma_end:g}, video w {iv.v_sigma_begin:g}->{iv.v_sigma_end:g}, "
             f"rho {iv.rho:g}" + (", reference-compat" if config.reference_compat else ""))

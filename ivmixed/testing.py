@@ -276,13 +276,25 @@ def save_tiny_checkpoints(root: str, pipeline: str) -> Dict[str, str]:
     raise ValueError(f"no tiny checkpoints for pipeline {pipeline!r}")
 
 
+def load_tiny(spec, **options):
+    """Pipeline ``spec`` (a :class:`~ivmixed.registry.PipelineSpec`) on freshly saved random tiny models, loaded
+    through its real ``from_checkpoints`` (``options`` go to it). The models are saved in a locked temporary
+    folder, removed once loaded; folders that killed runs left are removed first (see :mod:`ivmixed.leftovers`)."""
+    import tempfile
+
+    from .leftovers import held_temp_folder, sweep_folders
+
+    sweep_folders(tempfile.gettempdir(), TINY_FOLDER_PREFIX)
+    with held_temp_folder(TINY_FOLDER_PREFIX) as root:
+        return spec.pipeline_class().from_checkpoints(**save_tiny_checkpoints(root, spec.name), **options)
+
+
 def tiny_pipeline(pipeline: str = "Animatediff"):
     """A ready pipeline on random tiny models, offline, to try the API in seconds (its videos are noise).
 
     ``pipeline`` is a name of :data:`ivmixed.registry.PIPELINES` (any case). Sets torch to one CPU thread, as
     ``--tiny`` does (:func:`ivmixed.runtime.set_cpu_threads`).
     """
-    from .leftovers import held_temp_folder
     from .registry import find_pipeline
     from .runtime import quiet_libraries, set_cpu_threads
 
@@ -291,7 +303,6 @@ def tiny_pipeline(pipeline: str = "Animatediff"):
         raise ValueError(f"unknown pipeline {pipeline!r}; choose one of {', '.join(PIPELINES)}")
     quiet_libraries()
     set_cpu_threads("cpu", tiny=True)
-    with held_temp_folder(TINY_FOLDER_PREFIX) as root:
-        pipe = spec.pipeline_class().from_checkpoints(**save_tiny_checkpoints(root, spec.name))
+    pipe = load_tiny(spec)
     pipe.set_progress_bar_config(disable=True)
     return pipe

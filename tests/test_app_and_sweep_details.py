@@ -394,7 +394,7 @@ def test_a_100000_character_prompt_gives_a_bounded_caption():
 
 def test_a_sweep_caption_and_grid_video_stay_bounded_for_a_long_prompt(tmp_path):
     from ivmixed.sweep import Sweep, grid_video, parse_sweep
-    from ivmixed.sweep.run import CAPTION_PROMPT
+    from ivmixed.compare import CAPTION_PROMPT
 
     config = build_config({"tiny": True, "prompt": "z" * 1000, "inference_step": 2, "num_frames": 2,
                            "device": "cpu", "output_dir": str(tmp_path)})

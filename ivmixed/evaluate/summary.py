@@ -11,6 +11,7 @@ from .scores import CSV_COLUMNS, DIFFERENCE, METRICS, VARIANTS
 
 
 def finite_mean(values: Sequence[float]) -> float:
+    """The mean of the values that are not NaN (a video CLIP could not score); NaN when none is."""
     finite = [v for v in values if not math.isnan(v)]
     return sum(finite) / len(finite) if finite else math.nan
 

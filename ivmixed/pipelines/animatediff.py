@@ -7,9 +7,9 @@ from typing import Callable, Dict, List, Optional, Union
 import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, UNet2DConditionModel
 
-from ..loading import loading
+from ..loading import ensure_checkpoints, loading
 from ..registry import PIPELINES as SPECS
-from .common import IVMixedSamplingMixin, ensure_checkpoints, guided_predictor, per_frame_predictor
+from .common import IVMixedSamplingMixin, guided_predictor, per_frame_predictor
 from .long_video import check_free_noise_frames, encode_frame_prompts, frames_per_image_call, uses_frame_prompts
 
 SPEC = SPECS["Animatediff"]

@@ -15,7 +15,6 @@ from diffusers.utils import BaseOutput
 from einops import rearrange
 
 from ..guidance import combine_guidance
-from ..loading import ensure_available
 from ..sampler import IVMixedSettings, NoisePredictor, ReferenceCompat, image_model_needed, sample_iv_mixed
 
 logger = logging.getLogger(__name__)
@@ -32,14 +31,6 @@ class IVMixedPipelineOutput(BaseOutput):
 
     frames: Union[torch.Tensor, np.ndarray, List[List[PIL.Image.Image]]]
     network_calls: Dict[str, int]
-
-
-def ensure_checkpoints(spec, **sources: str) -> None:
-    """Before any weight loads, refuse the checkpoints ``from_checkpoints`` cannot have, in one message: a
-    missing folder, or hub ids neither cached nor downloadable (offline), as the command line does. Without it
-    an offline load retries the network for each file and fails on a misleading missing ``config.json``.
-    ``spec`` is the pipeline's :class:`~ivmixed.registry.PipelineSpec`; ``sources`` its checkpoint keywords."""
-    ensure_available([(c.what, sources[c.key], c.key, c.marker) for c in spec.checkpoints])
 
 
 def check_image_batch_size(image_batch_size: Optional[int]) -> None:

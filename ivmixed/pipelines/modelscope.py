@@ -9,11 +9,10 @@ import torch
 from diffusers import DDIMScheduler
 from diffusers.utils import logging
 
-from ..loading import loading
+from ..loading import ensure_checkpoints, loading
 from ..registry import PIPELINES as SPECS
 from ..sampler import ReferenceCompat
 from .animatediff import DDIM_SETTINGS
-from .common import ensure_checkpoints
 from .text_to_video import IVMixedTextToVideoPipeline, load_image_components
 
 logger = logging.get_logger(__name__)

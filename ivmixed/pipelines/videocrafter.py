@@ -7,10 +7,9 @@ from typing import Callable, Dict, List, Optional, Union
 import torch
 from diffusers import DPMSolverMultistepScheduler
 
-from ..loading import loading
+from ..loading import ensure_checkpoints, loading
 from ..models import VideoCrafterUNet3DConditionModel
 from ..registry import PIPELINES as SPECS
-from .common import ensure_checkpoints
 from .text_to_video import IVMixedTextToVideoPipeline, load_image_components
 
 SPEC = SPECS["VideoCrafter"]

@@ -9,17 +9,16 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..config import RunConfig
+from ..errors import SettingError
 from ..outputs import SHORT, fingerprint
 from .cost import SweepCost, calls
 from .files import SWEEP_KIND, SWEEP_SUFFIX
-from ..errors import SettingError
 from .grid import SWEEP_KEYS, GridLike, Values, as_grid, cell_config, cell_label, check_size, format_value
 from .images import grid_sheet, grid_video
 
 logger = logging.getLogger("ivmixed")
 
 GRID_LAYOUT = 1  # change when the grid files' layout changes, so old grids are not passed off as current
-CAPTION_PROMPT = 300  # characters of the prompt in a grid's caption: a long prompt leaves room for the settings
 
 
 @dataclass
@@ -217,11 +216,13 @@ class Sweep:
 
     def caption(self, job) -> str:
         """The prompt and every setting the sweep keeps fixed."""
+        from ..compare import caption_prompt
+
         config = self.config
         settings = {k: v for k, v in self.given.settings().items() if k in SWEEP_KEYS and k not in self.grid.keys}
         fixed = ", ".join(f"{k} {'last step' if v is None else format_value(v)}" for k, v in settings.items())
-        prompt = job.prompt if len(job.prompt) <= CAPTION_PROMPT else job.prompt[: CAPTION_PROMPT - 1].rstrip() + "\u2026"
-        return f"\"{prompt}\" | seed {job.seed} | {config.pipeline} | sweep {self.grid.describe()} | fixed: {fixed}"
+        return (f"\"{caption_prompt(job.prompt)}\" | seed {job.seed} | {config.pipeline} | sweep "
+                f"{self.grid.describe()} | fixed: {fixed}")
 
     def _write_sweep_file(self, complete: bool) -> None:
         from ..export import write_json
