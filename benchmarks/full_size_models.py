@@ -48,6 +48,8 @@ SD_VAE_CONFIG = dict(
     sample_size=512,
     scaling_factor=0.18215,
 )
+# The resolution each video model was trained at (height, width in pixels).
+FULL_SIZE = {"Animatediff": (512, 512), "ModelScope": (256, 256), "VideoCrafter": (320, 512)}
 # ali-vilab/text-to-video-ms-1.7b's UNet (UNet3DConditionModel's defaults at 256 px)
 MODELSCOPE_UNET_CONFIG = dict(
     sample_size=32,
@@ -76,27 +78,28 @@ def _full_text_encoder(config: Dict) -> CLIPTextModel:
                                         pad_token_id=_TINY_VOCAB - 1)).eval()
 
 
-def full_size_pipeline(pipeline: str, folder: str, dtype: torch.dtype = torch.float32, device="cpu", seed: int = 0):
+def full_size_pipeline(pipeline: str, folder: str, dtype: torch.dtype = torch.float32, device="cpu", seed: int = 0,
+                       unet_device=None):
     """``pipeline`` with its real architectures and random weights, built on ``device`` in ``dtype``.
 
     The tokenizer is the character-level one (written to ``folder``): prompt lengths differ from CLIP's BPE, but
-    every prompt is padded to 77 tokens, so the text encoders' work is the same.
+    every prompt is padded to 77 tokens, so the text encoders' work is the same. ``unet_device`` builds the UNets
+    (and AnimateDiff's motion adapter) elsewhere: ``"meta"`` gives shapes without weights, for counting FLOPs
+    on a machine that could not hold or run them (``flops.py``).
     """
     from diffusers import DPMSolverMultistepScheduler
 
     from ivmixed.pipelines.animatediff import DDIM_SETTINGS
     from ivmixed.pipelines.videocrafter import DPM_SETTINGS
 
+    unet_device = device if unet_device is None else unet_device
     torch.manual_seed(seed)
     with torch.device(device):
-        image_unet = UNet2DConditionModel(**SD15_UNET_CONFIG).eval()
         vae = AutoencoderKL(**SD_VAE_CONFIG).eval()
         if pipeline == "Animatediff":
             components = dict(
                 text_encoder=_full_text_encoder(CLIP_L_TEXT_CONFIG),
                 tokenizer=tiny_tokenizer(os.path.join(folder, "tokenizer")),
-                unet=UNet2DConditionModel(**SD15_UNET_CONFIG).eval(),
-                motion_adapter=MotionAdapter(**MOTION_ADAPTER_V153_CONFIG).eval(),
                 scheduler=DDIMScheduler.from_config(sd_scheduler().config, **DDIM_SETTINGS),
             )
         elif pipeline in ("ModelScope", "VideoCrafter"):
@@ -106,14 +109,22 @@ def full_size_pipeline(pipeline: str, folder: str, dtype: torch.dtype = torch.fl
                 image_text_encoder=_full_text_encoder(CLIP_L_TEXT_CONFIG),
                 image_tokenizer=tiny_tokenizer(os.path.join(folder, "image_tokenizer")),
             )
-            if pipeline == "ModelScope":
-                components["unet"] = UNet3DConditionModel(**MODELSCOPE_UNET_CONFIG).eval()
-                components["scheduler"] = DDIMScheduler.from_config(t2v_scheduler().config, **DDIM_SETTINGS)
-            else:
-                components["unet"] = VideoCrafterUNet3DConditionModel(**VIDEOCRAFTER_UNET_CONFIG).eval()
-                components["scheduler"] = DPMSolverMultistepScheduler.from_config(t2v_scheduler().config, **DPM_SETTINGS)
+            scheduler = t2v_scheduler().config
+            components["scheduler"] = (
+                DDIMScheduler.from_config(scheduler, **DDIM_SETTINGS) if pipeline == "ModelScope"
+                else DPMSolverMultistepScheduler.from_config(scheduler, **DPM_SETTINGS)
+            )
         else:
             raise ValueError(f"no full-size architecture for pipeline {pipeline!r}")
+    with torch.device(unet_device):
+        image_unet = UNet2DConditionModel(**SD15_UNET_CONFIG).eval()
+        if pipeline == "Animatediff":
+            components["unet"] = UNet2DConditionModel(**SD15_UNET_CONFIG).eval()
+            components["motion_adapter"] = MotionAdapter(**MOTION_ADAPTER_V153_CONFIG).eval()
+        elif pipeline == "ModelScope":
+            components["unet"] = UNet3DConditionModel(**MODELSCOPE_UNET_CONFIG).eval()
+        else:
+            components["unet"] = VideoCrafterUNet3DConditionModel(**VIDEOCRAFTER_UNET_CONFIG).eval()
         # inside the device context: AnimateDiff's constructor builds the motion UNet from the 2D one
         pipe = PIPELINES[pipeline].pipeline_class()(vae=vae, image_unet=image_unet, **components)
     return pipe.to(dtype=dtype)

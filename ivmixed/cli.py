@@ -17,7 +17,7 @@ import sys
 from typing import Any, Dict, List, Optional
 
 from .config import SETTINGS, TINY_SIZES, build_config_with_layers, describe_tiny, load_yaml_config
-from .errors import SettingError
+from .errors import SettingError, spell_names
 from .failures import describe_failure
 from .flags import CLI_ONLY, Parser, flag, spellings
 from .registry import PIPELINES
@@ -48,7 +48,7 @@ def _defaults_epilog() -> str:
 
 def _help(name: str) -> str:
     s = SETTINGS[name]
-    text = s.help.replace("%", "%%")
+    text = spell_names(s.help, flag).replace("%", "%%")
     if s.type is not bool and s.default is not None and "default" not in text:
         text += f" (default {s.default})"
     return text

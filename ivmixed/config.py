@@ -35,7 +35,8 @@ class SettingWarning(Templated, UserWarning):
 
 PIPELINE_NAMES = tuple(PIPELINES)
 VIDEO_FORMATS = ("mp4", "gif")
-OFFLOAD_MODES = ("none", "model", "sequential")
+OFFLOAD_MODES = ("none", "model", "model-swap", "sequential")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 REFERENCE_MAX_STEPS = ReferenceCompat().table_length  # the published code's guidance tables
 MAX_CONFIG_FILE_BYTES = 1 << 20  # a settings file is a few hundred bytes
 # --tiny runs random tiny models: small frames and few steps keep the whole path to seconds on a CPU.
@@ -140,10 +141,19 @@ class RunConfig:
                                     choices=DTYPE_NAMES)
 
     image_batch_size: Optional[int] = _setting(None, "at most this many frames per image-model call, to bound memory "
-                                               "(default: all frames at once)", SPEED, _at_least(1))
-    offload: str = _setting("none", "keep weights on the CPU until used: model (whole networks) or sequential "
-                            "(least memory, slowest); CUDA only", SPEED, choices=OFFLOAD_MODES)
+                                               "(default: all frames at once; not {batch_size}, which samples "
+                                               "several prompts together)", SPEED, _at_least(1))
+    batch_size: int = _setting(1, "prompts of a {prompt_file} sampled together in one pipeline call, each from its "
+                               "own seed's noise (not {image_batch_size}, which splits one video's frames)", SPEED,
+                               _at_least(1))
+    offload: str = _setting("none", "keep weights on the CPU until used, CUDA only: model (text encoders and VAE wait "
+                            "on the CPU, both UNets stay on the GPU for the whole run), model-swap (every network, "
+                            "the UNets too, moves to the GPU only while it runs: less memory, but GBs of weights move "
+                            "at every zigzag step) or sequential (submodule by submodule: least memory, slowest)",
+                            SPEED, choices=OFFLOAD_MODES)
     compile: bool = _setting(False, "torch.compile both UNets (slow first step)", SPEED)
+    compile_mode: str = _setting("default", "torch.compile mode with {compile}: default, reduce-overhead (CUDA "
+                                 "graphs) or max-autotune (longest compile)", SPEED, choices=COMPILE_MODES)
     channels_last: bool = _setting(False, "channels-last layout for the UNets' 2D convolutions", SPEED)
     vae_slicing: bool = _setting(False, "decode one frame at a time", SPEED)
     vae_tiling: bool = _setting(False, "decode large frames in overlapping tiles", SPEED)
@@ -406,6 +416,10 @@ def check(config: RunConfig) -> Tuple[SettingWarning, ...]:
     if config.reference_compat and config.inference_step > REFERENCE_MAX_STEPS:
         raise ConfigError(f"{{reference_compat}} supports at most {REFERENCE_MAX_STEPS} {{inference_step}} (the "
                           f"published code's guidance tables have {REFERENCE_MAX_STEPS} entries), got {config.inference_step}")
+    if config.batch_size > 1 and config.reference_compat and spec.reference_compat.per_frame_main_step:
+        raise ConfigError(f"{{batch_size}} {config.batch_size} cannot be used with {{reference_compat}} on {spec.name}: "
+                          "its published code steps the main scheduler on per-frame latents, where prompts sampled "
+                          "together cannot each keep their own seed's noise; use {batch_size} 1")
     if config.lora_target != "image" and not spec.video_lora:
         raise ConfigError(f"{{lora_target}} {config.lora_target}: the {spec.name} video model cannot take a LoRA "
                           "(its UNet is not a Stable Diffusion 1.5 UNet); use {lora_target} image")
@@ -438,6 +452,11 @@ def unused_settings(config: RunConfig) -> Tuple[SettingWarning, ...]:
                                             f"{spec.name}: {why}"))
     if config.lora is None and config.lora_target != SETTINGS["lora_target"].default:
         found.append(SettingWarning(f"{{lora_target}} {config.lora_target} does nothing without a {{lora}}"))
+    if not config.compile and config.compile_mode != SETTINGS["compile_mode"].default:
+        found.append(SettingWarning(f"{{compile_mode}} {config.compile_mode} does nothing without {{compile}}"))
+    if config.prompt_file is None and config.batch_size > 1:
+        found.append(SettingWarning(f"{{batch_size}} {config.batch_size} does nothing with one {{prompt}}: it "
+                                    "samples several prompts of a {prompt_file} together"))
     return tuple(found)
 
 

@@ -9,6 +9,11 @@ from typing import Callable, Optional
 _NAME = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 
 
+def spell_names(template: str, spell: Callable[[str], str] = str) -> str:
+    """``template`` with every ``{name}`` of a setting written as ``spell(name)`` (a flag, on the command line)."""
+    return _NAME.sub(lambda m: spell(m.group(1)), template)
+
+
 class Templated:
     """A message template in which ``{name}`` marks a setting's name, so that the library says
     ``interval_end must be ...`` and the command line ``--interval-end must be ...`` from one text."""
@@ -19,7 +24,7 @@ class Templated:
 
     def render(self, spell: Callable[[str], str] = str) -> str:
         """The message with every ``{name}`` written as ``spell(name)``."""
-        return _NAME.sub(lambda m: spell(m.group(1)), self.template)
+        return spell_names(self.template, spell)
 
 
 class SettingError(Templated, ValueError):

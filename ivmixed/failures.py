@@ -19,7 +19,7 @@ def describe_failure(exc: Exception):
         return 1, str(exc)
     name = type(exc).__name__
     if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
-        return 1, ("out of GPU memory; reduce it with --offload model, fewer --num-frames, a smaller "
+        return 1, ("out of GPU memory; reduce it with --offload model (or model-swap: less), fewer --num-frames, a smaller "
                    "--height/--width or --image-batch-size 4 (videos already finished are kept)")
     if name == "NonFiniteLatentsError":
         return 1, str(exc)

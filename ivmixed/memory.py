@@ -16,20 +16,21 @@ GIB = 1 << 30
 LARGEST_GPU_BYTES = 256 * GIB  # more than the largest accelerators have (192-256 GB)
 
 
-def memory_needed(config, bytes_per_value: int) -> Dict[str, int]:
-    """A lower bound of the memory one video's sampling and decoding hold at once on the run's device, in bytes
-    by part, with ``bytes_per_value`` for the network's dtype (2 for fp16/bf16, 4 for fp32).
+def memory_needed(config, bytes_per_value: int, batch: int = 1) -> Dict[str, int]:
+    """A lower bound of the memory the sampling and decoding of ``batch`` videos in one pipeline call (see
+    ``batch_size``) hold at once on the run's device, in bytes by part, with ``bytes_per_value`` for the network's
+    dtype (2 for fp16/bf16, 4 for fp32). Every part but the decoder's chunk is held for each video of the call.
 
     What it counts, each at its smallest:
 
     - ``latents``: frames x 4 x height/8 x width/8 values, one copy (the sampler keeps several).
-    - ``video UNet activations``: the video UNet takes every frame at once (FreeNoise's context windows only
-      window the motion modules; the image model's calls are smaller), and its first level is
+    - ``video UNet activations``: the video UNet takes every frame of every video at once (FreeNoise's context
+      windows only window the motion modules; the image model's calls are smaller), and its first level is
       :data:`UNET_CHANNELS` wide at latent resolution; one convolution there holds its input and its output, for
       the unconditional and the conditional half under classifier-free guidance (guidance_scale > 1).
     - ``VAE decoding``: the decoder's last level is :data:`VAE_CHANNELS` wide at full resolution, input and output,
-      for every frame decoded at once (the pipeline's ``decode_chunk``, else all; one with ``vae_slicing``; none counted
-      with ``vae_tiling``).
+      for every frame decoded at once (the pipeline's ``decode_chunk`` of the call's frames, else all of them; one
+      with ``vae_slicing``; none counted with ``vae_tiling``).
     - ``decoded video``: frames x 3 x height x width float32 values.
 
     The peak is at least the latents plus the largest of the other three (they are not all held at once);
@@ -37,7 +38,7 @@ def memory_needed(config, bytes_per_value: int) -> Dict[str, int]:
     size that passes may still run out of memory. ``tiny`` runs are held to the full-size figures: a tiny run
     checks what the same sizes would do on the real models.
     """
-    frames, h, w = config.num_frames, config.height, config.width
+    frames, h, w = batch * config.num_frames, config.height, config.width  # the frames of every video of the call
     guided = 2 if config.guidance_scale > 1 else 1
     if config.vae_tiling:
         decoded_at_once = 0
@@ -90,15 +91,15 @@ def device_memory(device: Optional[str]) -> Optional[Tuple[str, int, bool]]:
     return None
 
 
-def check_fits_memory(config) -> None:
-    """Refuse sizes whose :func:`memory_needed` is more than the device has: they cannot run, and without this
-    they would load the models, then swap, hang or be killed."""
+def check_fits_memory(config, batch: int = 1) -> None:
+    """Refuse sizes whose :func:`memory_needed` (for ``batch`` videos per call) is more than the device has: they
+    cannot run, and without this they would load the models, then swap, hang or be killed."""
     memory = device_memory(config.device)
     if memory is None:
         return
     what, available, on_cuda = memory
     dtype = config.dtype or ("fp16" if on_cuda else "fp32")
-    parts = memory_needed(config, 4 if dtype == "fp32" else 2)
+    parts = memory_needed(config, 4 if dtype == "fp32" else 2, batch)
     latents = parts.pop("latents")
     largest = max(parts, key=parts.get)
     needed = latents + parts[largest]
@@ -106,13 +107,16 @@ def check_fits_memory(config) -> None:
         return
     beyond = " and far more than any GPU can sample" if needed > LARGEST_GPU_BYTES else ""
     fix = "lower {num_frames}, {height} or {width}"
+    if batch > 1:
+        fix = "lower {batch_size} (prompts sampled together), {num_frames}, {height} or {width}"
     without_decoding = latents + max(parts["video UNet activations"], parts["decoded video"])
     if largest == "VAE decoding" and without_decoding <= available:
         fix = "decode in tiles with {vae_tiling}, or " + fix
+    videos = f"{batch} videos of " if batch > 1 else ""
     raise SettingError(
-        f"{config.num_frames} frames of {config.height}x{config.width} px need at least {needed / GIB:,.1f} GiB "
-        f"at {dtype} ({largest} {parts[largest] / GIB:,.1f} GiB + latents {latents / GIB:,.1f} GiB), more than "
-        f"the {available / GIB:,.1f} GiB of {what}{beyond}; {fix}")
+        f"{videos}{config.num_frames} frames of {config.height}x{config.width} px need at least "
+        f"{needed / GIB:,.1f} GiB at {dtype} ({largest} {parts[largest] / GIB:,.1f} GiB + latents "
+        f"{latents / GIB:,.1f} GiB), more than the {available / GIB:,.1f} GiB of {what}{beyond}; {fix}")
 
 
 __all__ = ["check_fits_memory", "device_memory", "memory_needed"]

@@ -6,12 +6,13 @@ tolerance; the returned record goes into a run's JSON so a timing is never separ
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Dict, List
 
 import torch
 
-from .config import OFFLOAD_MODES
+from .config import COMPILE_MODES, OFFLOAD_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -50,22 +51,105 @@ def _channels_last(module: torch.nn.Module) -> int:
     return count
 
 
+# -- offload ----------------------------------------------------------------------------------------------------
+# Instance attributes ``enable_offload`` sets on a pipeline for offload="model" (the class keeps its own values,
+# which offload="model-swap" uses); any other mode removes them again.
+_RESIDENT_OVERRIDES = ("model_cpu_offload_seq", "_exclude_from_cpu_offload", "enable_model_cpu_offload")
+
+
+def _without_resident_overrides(pipe) -> None:
+    for name in _RESIDENT_OVERRIDES:
+        pipe.__dict__.pop(name, None)
+
+
+def _hooks_still_placed(pipe) -> bool:
+    """Whether the offload hooks of ``pipe`` are the ones its last placement made, on the modules it has now: one
+    hook per module that is not excluded from offload, each still attached."""
+    hooks = getattr(pipe, "_all_hooks", None) or []
+    offloaded = [module for name, module in _modules(pipe).items() if name not in pipe._exclude_from_cpu_offload]
+    if not hooks or len(hooks) != len(offloaded):
+        return False
+    hooked = {id(hook.model): hook for hook in hooks}
+    return all(id(module) in hooked and getattr(module, "_hf_hook", None) is hooked[id(module)].hook
+               for module in offloaded)
+
+
+def _offload_keeping_unets(pipe, gpu_id=None, device=None) -> None:
+    """``pipe.enable_model_cpu_offload`` under offload="model", where the UNets stay on the device.
+
+    diffusers calls it again at the end of every pipeline call (``maybe_free_model_hooks``) to put the hooked
+    modules back on the CPU. Its own method would first move the whole pipeline to the CPU, so the UNets would
+    leave the GPU and come back at every call; while the hooks are still in place this offloads the hooked modules
+    (text encoders, VAE) and leaves the UNets where they are. Anything else (another device, a module swapped
+    since) runs diffusers' full placement, which moves each UNet once more."""
+    offload_device = getattr(pipe, "_offload_device", None)
+    same_device = gpu_id is None and (device is None or torch.device(device) == offload_device)
+    if offload_device is not None and same_device and _hooks_still_placed(pipe):
+        for hook in pipe._all_hooks:
+            hook.offload()
+        for name in UNET_NAMES:
+            module = getattr(pipe, name, None)
+            if isinstance(module, torch.nn.Module):
+                module.to(offload_device)  # a no-op while it stays there
+        return
+    type(pipe).enable_model_cpu_offload(pipe, gpu_id=gpu_id, device=device)
+
+
+def enable_offload(pipe, mode: str, device) -> List[str]:
+    """Place ``pipe``'s modules on ``device`` for offload ``mode``; returns the names of those placed there once,
+    for the whole run (the others wait on the CPU until called).
+
+    - ``"none"``: ``pipe.to(device)``, every module resident.
+    - ``"model"``: the UNets (``UNET_NAMES``, called at every step) are moved to ``device`` once and stay there,
+      across pipeline calls too; the modules used once per call (text encoders, image encoder, VAE) get diffusers'
+      model offload hooks: each moves to the device when called and back when the next one in the pipeline's
+      ``model_cpu_offload_seq`` runs, or at the end of the call. Done with diffusers' own machinery: the UNets are
+      left out of this pipeline's chain and put in its ``_exclude_from_cpu_offload``.
+    - ``"model-swap"``: diffusers' ``enable_model_cpu_offload`` over the whole chain, UNets included: least memory
+      of the model modes, but IV-mixed alternates the two UNets, so one of them crosses to the GPU at every switch.
+    - ``"sequential"``: diffusers' ``enable_sequential_cpu_offload`` (submodule by submodule).
+    """
+    if mode not in OFFLOAD_MODES:
+        raise ValueError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {mode!r}")
+    device = torch.device(device)
+    _without_resident_overrides(pipe)
+    if mode == "none":
+        pipe.to(device)
+        return sorted(_modules(pipe))
+    if mode == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+        return []
+    if mode == "model-swap":
+        pipe.enable_model_cpu_offload(device=device)
+        return []
+    chain = type(pipe).model_cpu_offload_seq
+    if chain is not None:
+        pipe.model_cpu_offload_seq = "->".join(name for name in chain.split("->") if name not in UNET_NAMES)
+    excluded = list(type(pipe)._exclude_from_cpu_offload)
+    pipe._exclude_from_cpu_offload = excluded + [name for name in UNET_NAMES if name not in excluded]
+    type(pipe).enable_model_cpu_offload(pipe, device=device)
+    pipe.enable_model_cpu_offload = functools.partial(_offload_keeping_unets, pipe)
+    return sorted(name for name in _modules(pipe) if name in UNET_NAMES)
+
+
 def apply_performance_options(
     pipe,
     *,
     device,
     offload: str = "none",
     compile: bool = False,
+    compile_mode: str = "default",
     channels_last: bool = False,
     vae_slicing: bool = False,
     vae_tiling: bool = False,
 ) -> Dict:
     """Place ``pipe`` on ``device`` and apply the speed/memory options; returns a record of what was applied.
 
-    This replaces ``pipe.to(device)``: with ``offload="model"`` (diffusers' ``enable_model_cpu_offload``: whole
-    components move to the GPU when called) or ``"sequential"`` (``enable_sequential_cpu_offload``: submodule by
-    submodule, least memory, slowest) the weights stay on the CPU until used, which needs an accelerator.
-    ``compile`` wraps both UNets in ``torch.compile``; ``channels_last`` converts their 2D convolutions;
+    This replaces ``pipe.to(device)`` (see :func:`enable_offload`): with ``offload="model"`` the UNets stay on the
+    GPU and the text encoders and VAE move there only while used; ``"model-swap"`` offloads the UNets too (each
+    crosses to the GPU when called); ``"sequential"`` moves submodule by submodule (least memory, slowest). Offload
+    needs an accelerator; ``record["resident"]`` names the modules placed on the device for the whole run.
+    ``compile`` wraps both UNets in ``torch.compile`` with ``compile_mode`` (``reduce-overhead``: CUDA graphs); ``channels_last`` converts their 2D convolutions;
     ``vae_slicing`` decodes one frame at a time, ``vae_tiling`` decodes large frames in overlapping tiles.
     """
     if offload not in OFFLOAD_MODES:
@@ -76,19 +160,17 @@ def apply_performance_options(
             f"offload={offload!r} moves weights between the CPU and a CUDA GPU, but the device is {device} "
             f"(CUDA available: {torch.cuda.is_available()}); use offload='none' on a CPU-only machine"
         )
+    if compile_mode not in COMPILE_MODES:
+        raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
     if compile and offload == "sequential":
         raise ValueError("compile cannot be combined with offload='sequential' (its per-submodule weight hooks "
                          "break the compiled graphs); use offload='model' or 'none'")
     unets = {name: module for name, module in _modules(pipe).items() if name in UNET_NAMES}
-    record: Dict = {"device": str(device), "offload": offload, "compile": compile, "channels_last": channels_last,
+    record: Dict = {"device": str(device), "offload": offload, "compile": compile,
+                    "compile_mode": compile_mode if compile else None, "channels_last": channels_last,
                     "vae_slicing": vae_slicing, "vae_tiling": vae_tiling}
 
-    if offload == "model":
-        pipe.enable_model_cpu_offload(device=device)
-    elif offload == "sequential":
-        pipe.enable_sequential_cpu_offload(device=device)
-    else:
-        pipe.to(device)
+    record["resident"] = enable_offload(pipe, offload, device)
     if channels_last:
         record["channels_last_convs"] = {name: _channels_last(module) for name, module in unets.items()}
     if vae_slicing:
@@ -98,7 +180,7 @@ def apply_performance_options(
     record["attention_processors"] = attention_processors(pipe)
     if compile:
         for name, module in unets.items():
-            setattr(pipe, name, torch.compile(module))
+            setattr(pipe, name, torch.compile(module, mode=compile_mode))
         logger.info("compiled %s with torch.compile; the first call of each shape compiles (slow)", ", ".join(unets))
     record["compiled"] = sorted(unets) if compile else []
     return record

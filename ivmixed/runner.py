@@ -3,6 +3,10 @@
 Resume: a job is finished when ``manifest.jsonl`` holds a record with its fingerprint and every file it wants
 (for this run's format, ``no_standard`` and ``side_by_side``) is on disk. What is missing is made; finished files
 are kept (``overwrite`` makes this configuration's files again). Files of other configurations are never touched.
+
+Batches: with ``batch_size`` above 1, consecutive jobs of a process's share are sampled together, one pipeline call
+per video kind for the jobs of the batch that still need that kind, each job from its own seed's noise (see
+:meth:`Runner.batches`). Files, records and manifest lines stay per job; the batch size is no part of a fingerprint.
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
+from .claims import CLAIM_FILE, Claim, claim, holder, wait_for_claim
 from .config import RunConfig, check_output_dir, with_resolved_runtime
 from .errors import ModelLoadError, SettingError
 from .leftovers import sweep_files
@@ -50,6 +55,8 @@ class Plan:
     todo: List[Todo]
     finished: int
     repeats: int = 0
+    # The manifest's records when planned: a job whose record changed since was made by another process.
+    records: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,6 +84,11 @@ def package_versions() -> Dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
+
+
+def process_share(todo: List[Todo], index: int, count: int) -> List[Todo]:
+    """The jobs process ``index`` of ``count`` makes: every ``count``-th, from its own index."""
+    return todo[index::count]
 
 
 def process_state(config: RunConfig):
@@ -108,7 +120,7 @@ class PipelineCache:
     def key(config: RunConfig) -> tuple:
         return (config.pipeline, config.tiny, tuple(sorted(config.model_sources().items())), config.dtype,
                 config.device, config.lora, config.lora_scale, config.lora_target, config.offload, config.compile,
-                config.channels_last, config.vae_slicing, config.vae_tiling)
+                config.compile_mode, config.channels_last, config.vae_slicing, config.vae_tiling)
 
     def get(self, config: RunConfig) -> LoadedPipeline:
         key = self.key(config)
@@ -153,7 +165,7 @@ def load_pipeline(config: RunConfig) -> LoadedPipeline:
 
         lora_record = apply_lora_to_pipeline(pipe, config.lora, config.lora_scale, config.lora_target)
     performance = apply_performance_options(
-        pipe, device=config.device, offload=config.offload, compile=config.compile,
+        pipe, device=config.device, offload=config.offload, compile=config.compile, compile_mode=config.compile_mode,
         channels_last=config.channels_last, vae_slicing=config.vae_slicing, vae_tiling=config.vae_tiling,
     )
     info = {
@@ -182,8 +194,9 @@ class Runner:
     """Makes the unfinished outputs of a configuration's jobs, appending each finished set to the manifest.
 
     ``pipelines`` lets a caller keep loaded pipelines between runs; ``on_step`` observes sampling progress and
-    ``should_stop`` is polled before every job and at every step (returning true stops the run with
-    :class:`RunStopped`, writing nothing for the job in progress). ``command_line`` goes into the records.
+    ``should_stop`` is polled before every batch of jobs (every job, with ``batch_size`` 1) and at every step
+    (returning true stops the run with :class:`RunStopped`, recording nothing of the batch in progress; a rerun
+    makes it). ``command_line`` goes into the records.
     """
 
     def __init__(self, config: RunConfig, *, pipelines: Optional[PipelineCache] = None,
@@ -211,6 +224,7 @@ class Runner:
             self._check_prompt(job)
         self.manifest.check_writable()
         sweep_files(config.output_dir)
+        sweep_files(config.output_dir, CLAIM_FILE)
         done = self.manifest.records()
         recorded = {name for record in done.values() for name in record["files"].values()} | self.complete
         unique, todo, finished, seen = [], [], 0, set()
@@ -227,7 +241,43 @@ class Runner:
                 todo.append(Todo(outputs, make, previous_record(done, outputs)))
             else:
                 todo.append(Todo(outputs, make))
-        return Plan(unique, todo, finished, len(jobs) - len(unique))
+        self._check_batch_memory(todo)
+        return Plan(unique, todo, finished, len(jobs) - len(unique), done)
+
+    def batches(self, todo: List[Todo]) -> List[List[Todo]]:
+        """``todo`` (one process's share) as the groups sampled together, in order: consecutive jobs, at most
+        ``batch_size`` of them. What one pipeline call cannot sample for several videos goes alone: a prompt
+        schedule, and every job of a run in FreeNoise's context windows."""
+        size = 1 if self.context is not None else self.config.batch_size
+        groups: List[List[Todo]] = []
+        current: List[Todo] = []
+        for item in todo:
+            if size > 1 and item.outputs.job.schedule(self.config.num_frames) is None:
+                current.append(item)
+                if len(current) < size:
+                    continue
+                groups.append(current)
+            else:
+                if current:
+                    groups.append(current)
+                groups.append([item])
+            current = []
+        if current:
+            groups.append(current)
+        return groups
+
+    def _check_batch_memory(self, todo: List[Todo]) -> None:
+        """The memory check (:func:`ivmixed.memory.check_fits_memory`) for the largest batch a process samples,
+        when that is more than one job (one job is checked with the settings). The first process's share is the
+        largest."""
+        if self.config.batch_size <= 1 or not todo:
+            return
+        from .memory import check_fits_memory
+
+        count = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+        largest = max(len(group) for group in self.batches(process_share(todo, 0, count)))
+        if largest > 1:
+            check_fits_memory(self.config, batch=largest)
 
     def output_set(self, job: Job) -> OutputSet:
         """The files ``job`` makes under this run's configuration (see :mod:`ivmixed.outputs`)."""
@@ -299,27 +349,94 @@ class Runner:
         if is_main:
             self._log_plan(plan)
             if self.context is not None and plan.todo:
-                logger.info("%d frames: sampling in context windows of %d frames, stride %d (FreeNoise)",
-                            config.num_frames, *self.context)
+                logger.info("%d frames: sampling in context windows of %d frames, stride %d (FreeNoise)%s",
+                            config.num_frames, *self.context,
+                            ", one prompt per call (--batch-size does not apply)" if config.batch_size > 1 else "")
         mine = plan.todo
         if state is not None:
             state.wait_for_everyone()  # everyone has read the manifest before anyone appends to it
-            mine = plan.todo[state.process_index::state.num_processes]
+            mine = process_share(plan.todo, state.process_index, state.num_processes)
         if mine:
             show_overall = is_main and len(mine) > 1 and self.progress_bars
             loaded.pipe.set_progress_bar_config(position=1 if show_overall else 0, leave=not show_overall,
                                                 disable=not (is_main and self.progress_bars))
             from tqdm.auto import tqdm
 
-            for n, item in enumerate(tqdm(mine, desc="prompts", position=0, disable=not show_overall, unit="prompt"), 1):
-                if self.should_stop is not None and self.should_stop():
-                    raise RunStopped("stopped")
-                if len(mine) > 1:
-                    logger.info("prompt %d/%d: %s", n, len(mine), describe_job(item.outputs.job))
-                self.report.made.append(self.make(loaded, item))
+            done = 0
+            with tqdm(total=len(mine), desc="prompts", position=0, disable=not show_overall, unit="prompt") as bar:
+                for group, claims in self._claimed_batches(mine, plan.records, bar):
+                    try:
+                        if self.should_stop is not None and self.should_stop():
+                            raise RunStopped("stopped")
+                        if len(group) > 1:
+                            logger.info("prompts %d-%d/%d: sampled together", done + 1, done + len(group), len(mine))
+                        for n, item in enumerate(group, done + 1):
+                            if len(mine) > 1:
+                                logger.info("prompt %d/%d: %s", n, len(mine), describe_job(item.outputs.job))
+                        self.report.made.extend(self.make_batch(loaded, group))
+                    finally:
+                        for held in claims:
+                            held.release()
+                    done += len(group)
+                    bar.update(len(group))
         if state is not None:
             state.wait_for_everyone()
         return self.report
+
+    def _claimed_batches(self, mine: List[Todo], planned: Dict[str, Dict[str, Any]],
+                         bar) -> Iterator[Tuple[List[Todo], List[Claim]]]:
+        """The batches of ``mine`` this process makes, each job claimed (see :mod:`ivmixed.claims`), so that
+        independent processes sharing the output folder make every job once. A job another process holds is passed
+        over, then waited for once the rest is made: when its holder finishes it, it is skipped; when its holder
+        died, it is made here. A job recorded by another process since the plan is skipped."""
+        passed: List[Todo] = []
+        for group in self.batches(mine):
+            taken = self._claim(group, planned, bar, passed)
+            if taken[0]:
+                yield taken
+        for group in self.batches(passed):
+            taken = self._claim(group, planned, bar, None)
+            if taken[0]:
+                yield taken
+
+    def _claim(self, group: List[Todo], planned: Dict[str, Dict[str, Any]], bar,
+               passed: Optional[List[Todo]]) -> Tuple[List[Todo], List[Claim]]:
+        """Claim the jobs of ``group`` still to make: those another process holds go to ``passed`` (``None``: wait
+        for them). Returns the jobs claimed, with what each still needs, and their claims."""
+        folder = self.config.output_dir
+        items: List[Todo] = []
+        claims: List[Claim] = []
+        for item in group:
+            key = item.outputs.fingerprint
+            held = claim(folder, key)
+            if held is None and passed is not None:
+                passed.append(item)
+                continue
+            if held is None:
+                logger.info("waiting for %s: another process (%s) is making it", describe_job(item.outputs.job),
+                            holder(folder, key) or "unknown")
+                held = wait_for_claim(folder, key, self.should_stop)
+                if held is None:
+                    raise RunStopped("stopped")
+            make = self._still_to_make(item, planned)
+            if make:
+                items.append(replace(item, make=make))
+                claims.append(held)
+                continue
+            held.release()
+            logger.info("%s: made by another process", describe_job(item.outputs.job))
+            self.report.skipped += 1
+            bar.update(1)
+        return items, claims
+
+    def _still_to_make(self, item: Todo, planned: Dict[str, Dict[str, Any]]) -> List[str]:
+        """What ``item`` needs now that it is claimed: nothing when another process recorded it since the plan."""
+        records = self.manifest.records()
+        key = item.outputs.fingerprint
+        if records.get(key) is not None and records.get(key) != planned.get(key):
+            return []
+        recorded = {name for record in records.values() for name in record["files"].values()} | self.complete
+        return self._missing(item.outputs, records.get(key), recorded) if not self.config.overwrite else item.make
 
     def _log_plan(self, plan: Plan) -> None:
         total = len(plan.todo) + plan.finished
@@ -330,8 +447,10 @@ class Runner:
                         self.config.output_dir, " (--overwrite makes them again)" if plan.finished else "",
                         len(plan.todo))
 
-    def _generate(self, pipe, job: Job, kind: str):
-        """One video; the generator is seeded afresh so both videos of a job share their initial noise."""
+    def _generate(self, pipe, job: Union[Job, Sequence[Job]], kind: str):
+        """One pipeline call sampling ``kind``: one job's video, or, for a list of jobs, one video of each in a
+        single call (``frames[i]`` is ``job[i]``'s), each from a generator of its own seed. Generators are seeded
+        afresh so both videos of a job share their initial noise."""
         import torch
 
         config = self.config
@@ -346,16 +465,22 @@ class Runner:
 
         # diffusers keeps the bar's options in the pipeline; the label says which video is sampling
         pipe.set_progress_bar_config(**{**getattr(pipe, "_progress_bar_config", {}), "desc": VIDEO_LABELS[kind]})
-        schedule = job.schedule(config.num_frames)
+        if isinstance(job, Job):
+            schedule = job.schedule(config.num_frames)
+            prompt, negative_prompt = (schedule if schedule is not None else job.prompt), job.negative_prompt
+            generator = torch.Generator("cpu").manual_seed(job.seed)
+        else:  # prompt schedules are sampled alone (see batches)
+            prompt, negative_prompt = [j.prompt for j in job], [j.negative_prompt for j in job]
+            generator = [torch.Generator("cpu").manual_seed(j.seed) for j in job]
         kwargs = dict(
-            prompt=schedule if schedule is not None else job.prompt,
-            negative_prompt=job.negative_prompt,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
             num_frames=config.num_frames,
             height=config.height,
             width=config.width,
             num_inference_steps=config.inference_step,
             guidance_scale=config.guidance_scale,
-            generator=torch.Generator("cpu").manual_seed(job.seed),
+            generator=generator,
             output_type="np",
             iv_mixed=kind == "iv_mix",
             image_batch_size=config.image_batch_size,
@@ -374,47 +499,74 @@ class Runner:
 
     def make(self, loaded: LoadedPipeline, item: Todo) -> Dict[str, Any]:
         """Make one job's missing files, write its record and append it to the manifest; returns the record."""
-        from .export import write_image, write_json, write_video
+        return self.make_batch(loaded, [item])[0]
 
-        config, outputs, folder = self.config, item.outputs, self.config.output_dir
-        job, files = outputs.job, outputs.files
-        frames: Dict[str, Any] = {}
-        calls: Dict[str, Dict[str, int]] = {}
-        timings: Dict[str, float] = {}
+    def make_batch(self, loaded: LoadedPipeline, items: Sequence[Todo]) -> List[Dict[str, Any]]:
+        """Make the missing files of jobs sampled together, then write their records and append them to the
+        manifest, in order; returns the records.
+
+        Each video kind is sampled in one pipeline call for the jobs that still need it. No record is written
+        before every video of the batch is: a stop or a failure on the way leaves none of them recorded, and a
+        rerun makes them again.
+        """
+        from .export import write_json, write_video
+
+        config, folder = self.config, self.config.output_dir
+        frames: List[Dict[str, Any]] = [{} for _ in items]
+        calls: List[Dict[str, Dict[str, int]]] = [{} for _ in items]
+        timings: List[Dict[str, float]] = [{} for _ in items]
+        sizes: List[Dict[str, int]] = [{} for _ in items]  # how many jobs shared the call of each video
         self._set_context_windows(loaded.pipe)
-        if "side_by_side" in item.make or "contact_sheet" in item.make:  # read before sampling: fail early
-            for kind in VIDEO_KINDS:
-                if kind not in item.make:
-                    frames[kind] = read_finished_video(os.path.join(folder, files[kind]))
+        for item, seen in zip(items, frames):
+            if "side_by_side" in item.make or "contact_sheet" in item.make:  # read before sampling: fail early
+                for kind in VIDEO_KINDS:
+                    if kind not in item.make:
+                        seen[kind] = read_finished_video(os.path.join(folder, item.outputs.files[kind]))
         for kind in VIDEO_KINDS:
-            if kind not in item.make:
+            needing = [n for n, item in enumerate(items) if kind in item.make]
+            if not needing:
                 continue
+            jobs = [items[n].outputs.job for n in needing]
             t0 = time.perf_counter()
-            out = self._generate(loaded.pipe, job, kind)
-            timings[f"{kind}_s"] = round(time.perf_counter() - t0, 3)
-            calls[kind], frames[kind] = dict(out.network_calls), out.frames[0]
-            if os.path.exists(os.path.join(folder, files[kind])):
-                logger.warning("replacing %s (%s)", files[kind], "--overwrite" if config.overwrite else
-                               "no record lists it: the run that made it stopped before finishing its prompt")
-            write_video(frames[kind], os.path.join(folder, files[kind]), config.fps)
-            logger.info("wrote %s (%s)", files[kind], ", ".join(f"{k} calls: {v}" for k, v in calls[kind].items()))
-        if "side_by_side" in item.make or "contact_sheet" in item.make:
-            from .compare import contact_sheet, side_by_side
+            out = self._generate(loaded.pipe, jobs[0] if len(jobs) == 1 else jobs, kind)
+            seconds = round(time.perf_counter() - t0, 3)
+            for n, video in zip(needing, out.frames):
+                name = items[n].outputs.files[kind]
+                timings[n][f"{kind}_s"], sizes[n][kind] = seconds, len(needing)
+                calls[n][kind], frames[n][kind] = dict(out.network_calls), video
+                if os.path.exists(os.path.join(folder, name)):
+                    logger.warning("replacing %s (%s)", name, "--overwrite" if config.overwrite else
+                                   "no record lists it: the run that made it stopped before finishing its prompt")
+                write_video(video, os.path.join(folder, name), config.fps)
+                logger.info("wrote %s (%s)", name, ", ".join(f"{k} calls: {v}" for k, v in calls[n][kind].items()))
+        for item, seen in zip(items, frames):
+            self._write_comparisons(item, seen)
+        records = []
+        for n, item in enumerate(items):
+            record = self._record(loaded, item.outputs, calls[n], timings[n], sizes[n], item.previous)
+            write_json(record, os.path.join(folder, item.outputs.files["record"]))
+            logger.info("wrote %s", item.outputs.files["record"])
+            self.manifest.append(manifest_entry(record))
+            records.append(record)
+        return records
 
-            if "side_by_side" in item.make:
-                write_video(side_by_side(frames["standard"], frames["iv_mix"]),
-                            os.path.join(folder, files["side_by_side"]), config.fps)
-                logger.info("wrote %s", files["side_by_side"])
-            if "contact_sheet" in item.make:
-                caption = contact_caption(config, job)
-                write_image(contact_sheet(frames["standard"], frames["iv_mix"], caption=caption),
-                            os.path.join(folder, files["contact_sheet"]))
-                logger.info("wrote %s", files["contact_sheet"])
-        record = self._record(loaded, outputs, calls, timings, item.previous)
-        write_json(record, os.path.join(folder, files["record"]))
-        logger.info("wrote %s", files["record"])
-        self.manifest.append(manifest_entry(record))
-        return record
+    def _write_comparisons(self, item: Todo, frames: Dict[str, Any]) -> None:
+        """The side-by-side video and the contact sheet ``item`` makes, from both videos' ``frames``."""
+        if "side_by_side" not in item.make and "contact_sheet" not in item.make:
+            return
+        from .compare import contact_sheet, side_by_side
+        from .export import write_image, write_video
+
+        config, folder, files = self.config, self.config.output_dir, item.outputs.files
+        if "side_by_side" in item.make:
+            write_video(side_by_side(frames["standard"], frames["iv_mix"]),
+                        os.path.join(folder, files["side_by_side"]), config.fps)
+            logger.info("wrote %s", files["side_by_side"])
+        if "contact_sheet" in item.make:
+            caption = contact_caption(config, item.outputs.job)
+            write_image(contact_sheet(frames["standard"], frames["iv_mix"], caption=caption),
+                        os.path.join(folder, files["contact_sheet"]))
+            logger.info("wrote %s", files["contact_sheet"])
 
     def _set_context_windows(self, pipe) -> None:
         """Switch FreeNoise's context windows on (or off) to match this run; the pipeline may be reused."""
@@ -427,21 +579,26 @@ class Runner:
         if not enabled or (pipe._free_noise_context_length, pipe._free_noise_context_stride) != (length, stride):
             pipe.enable_free_noise(context_length=length, context_stride=stride)
 
-    def _record(self, loaded: LoadedPipeline, outputs: OutputSet, calls, timings,
+    def _record(self, loaded: LoadedPipeline, outputs: OutputSet, calls, timings, sizes,
                 previous: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-        """The job's record; videos made by an earlier run keep the calls and time it measured (``previous``)."""
+        """The job's record; videos made by an earlier run keep the calls, time and batch size it measured
+        (``previous``). ``sizes``: by video kind, how many jobs the call that sampled it covered (its time in
+        ``timings`` is that call's, and its ``network_calls`` the call's guided evaluations, each covering them all).
+        """
         config, job = self.config, outputs.job
         compat = type(loaded.pipe).reference_compat_options if config.reference_compat else None
         expected = {"iv_mix": count_network_calls(config.inference_step, config.iv_mixed, reference_compat=compat)}
         if "standard" in outputs.files:
             expected["standard"] = count_network_calls(config.inference_step, None)
             if "standard" not in calls:  # made by an earlier run (shared by every IV-mixed setting)
-                calls["standard"] = (previous or {}).get("network_calls", {}).get("standard", expected["standard"])
+                calls["standard"] = measured(previous, "network_calls").get("standard", expected["standard"])
         if "iv_mix" not in calls and previous is not None:
-            calls["iv_mix"] = previous.get("network_calls", {}).get("iv_mix", expected["iv_mix"])
+            calls["iv_mix"] = measured(previous, "network_calls").get("iv_mix", expected["iv_mix"])
         for kind in VIDEO_KINDS:
-            if f"{kind}_s" not in timings and previous and f"{kind}_s" in previous.get("timings", {}):
-                timings[f"{kind}_s"] = previous["timings"][f"{kind}_s"]
+            if f"{kind}_s" not in timings and f"{kind}_s" in measured(previous, "timings"):
+                timings[f"{kind}_s"] = measured(previous, "timings")[f"{kind}_s"]
+            if kind in outputs.files and kind not in sizes:  # a record without batch sizes: one job per call
+                sizes[kind] = measured(previous, "batch_size").get(kind, 1)
         settings = config.settings()
         for key in ("prompt", "prompt_file", "negative_prompt", "seed"):
             settings.pop(key)
@@ -464,6 +621,7 @@ class Runner:
             "network_calls": calls,
             "expected_network_calls": expected,
             "timings": timings,
+            "batch_size": sizes,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
 
@@ -489,10 +647,17 @@ def previous_record(records: Dict[str, Dict[str, Any]], outputs: OutputSet) -> O
 
 
 def manifest_entry(record: Dict[str, Any]) -> Dict[str, Any]:
-    """The manifest's line for a record: enough to resume and to evaluate without opening the record."""
+    """The manifest's line for a record: enough to resume and to evaluate without opening the record, and what a
+    later record of a video it reuses keeps (calls, time, batch size; see :meth:`Runner._record`)."""
     keys = ("id", "fingerprint", "standard_fingerprint", "prompt", "negative_prompt", "seed", "pipeline", "files",
-            "network_calls", "finished_at")
+            "network_calls", "timings", "batch_size", "finished_at")
     return {k: record[k] for k in keys}
+
+
+def measured(previous: Optional[Dict[str, Any]], key: str) -> Dict[str, Any]:
+    """What an earlier manifest line measured under ``key`` (by video kind); empty when it has none."""
+    value = (previous or {}).get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def describe_job(job: Job, limit: int = 60) -> str:

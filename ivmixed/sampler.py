@@ -2,13 +2,14 @@
 
 Nothing here loads a model, touches a file or prints: a pipeline (or a test) hands in
 ``video_model(x, t, w)`` and ``image_model(x, t, w)``, each returning the noise prediction of
-``x`` at timestep ``t`` under classifier-free guidance weight ``w``, plus the main scheduler.
+``x`` at timestep ``t`` under classifier-free guidance weight ``w``, plus the main scheduler. ``t`` is always a
+0-d tensor on the timesteps' device: the loop never reads a device value on the host, so a GPU never waits on it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, ContextManager, Dict, List, Optional
+from typing import Callable, ContextManager, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ from .settings import NO_DEVIATIONS, IVMixedSettings, ReferenceCompat
 __all__ = ["IVMixedSettings", "ReferenceCompat", "count_network_calls", "ddim_move", "image_model_needed",
            "sample_iv_mixed"]
 
-NoisePredictor = Callable[[torch.Tensor, int, float], torch.Tensor]
+NoisePredictor = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], Optional[torch.Tensor]]
 
 
@@ -92,6 +93,7 @@ def sample_iv_mixed(
         video_weights = compat.weights(settings.v_sigma_begin, settings.v_sigma_end, num_steps, settings.rho)
         alphas: List[float] = scheduler.alphas_cumprod.double().tolist()
         stride = scheduler.config.num_train_timesteps // num_steps
+        zigzag_times = _zigzag_timesteps(timesteps, stride)
 
         def abar(s: int) -> float:
             return alphas[s] if s >= 0 else alphas[0]
@@ -102,7 +104,7 @@ def sample_iv_mixed(
                 break
             if settings is not None and settings.in_interval(i):
                 x = _zigzag(
-                    x, int(t), stride, abar, video_model,
+                    x, zigzag_times[i], stride, abar, video_model,
                     image_model if compat.uses_image_model(settings, i) else None,
                     video_weights[i], image_weights[i], compat,
                 )
@@ -119,21 +121,38 @@ def sample_iv_mixed(
     return x
 
 
-def _zigzag(x, t, stride, abar, video_model, image_model, w_video, w_image, compat):
+class _ZigzagTimes(NamedTuple):
+    """One zigzag step's timesteps ``t, t1 = t - D, t2 = t - 2D`` (clamped at 0): as Python ints, to index the
+    alphas, and as device tensors, to hand to the networks."""
+
+    host: Tuple[int, int, int]
+    device: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _zigzag_timesteps(timesteps: torch.Tensor, stride: int) -> List[_ZigzagTimes]:
+    """The zigzag timesteps of every main step, made once per run: one device-to-host read of the main timesteps and
+    one host-to-device copy, so that the loop never waits on the device for a timestep and the networks never get a
+    Python number (diffusers turns one into a new device tensor at every call)."""
+    host = [(t, max(t - stride, 0), max(t - 2 * stride, 0)) for t in (int(v) for v in timesteps.tolist())]
+    device = torch.tensor(host, dtype=timesteps.dtype, device=timesteps.device) if host else None
+    return [_ZigzagTimes(h, tuple(device[i].unbind())) for i, h in enumerate(host)]
+
+
+def _zigzag(x, times: _ZigzagTimes, stride, abar, video_model, image_model, w_video, w_image, compat):
     """The four moves of docs/ALGORITHM.md: M denoises, the VDM denoises, M inverts, the VDM inverts."""
     if image_model is not None:
         model, w_model, size = image_model, w_image, compat.image_move_size
     else:
         model, w_model, size = video_model, (w_image if compat.video_model_image_weight else w_video), None
-    t1, t2 = max(t - stride, 0), max(t - 2 * stride, 0)
+    (t, t1, _), (at, at1, at2) = times.host, times.device
     if compat.swap_first_moves:
-        x = _move(model, x, t1, w_model, abar(t1), abar(t1 - stride), size)
-        x = _move(video_model, x, t, w_video, abar(t), abar(t - stride))
+        x = _move(model, x, at1, w_model, abar(t1), abar(t1 - stride), size)
+        x = _move(video_model, x, at, w_video, abar(t), abar(t - stride))
     else:
-        x = _move(model, x, t, w_model, abar(t), abar(t - stride), size)
-        x = _move(video_model, x, t1, w_video, abar(t1), abar(t1 - stride))
-    x = _move(model, x, t2, -w_model, abar(t1 - stride), abar(t1), size)
-    x = _move(video_model, x, t1, -w_video, abar(t - stride), abar(t))
+        x = _move(model, x, at, w_model, abar(t), abar(t - stride), size)
+        x = _move(video_model, x, at1, w_video, abar(t1), abar(t1 - stride))
+    x = _move(model, x, at2, -w_model, abar(t1 - stride), abar(t1), size)
+    x = _move(video_model, x, at1, -w_video, abar(t - stride), abar(t))
     return x
 
 

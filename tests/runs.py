@@ -58,7 +58,7 @@ def count_generations(monkeypatch):
     real = Runner._generate
 
     def generate(self, pipe, job, kind):
-        made.append((job.prompt, kind))
+        made.append(([j.prompt for j in job] if isinstance(job, list) else job.prompt, kind))
         return real(self, pipe, job, kind)
 
     monkeypatch.setattr(Runner, "_generate", generate)

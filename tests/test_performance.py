@@ -144,7 +144,7 @@ def test_offload_needs_cuda(animatediff_pipe):
 
 
 def test_unknown_offload_mode(animatediff_pipe):
-    with pytest.raises(ValueError, match="none, model, sequential"):
+    with pytest.raises(ValueError, match="none, model, model-swap, sequential"):
         apply_performance_options(animatediff_pipe, device="cpu", offload="disk")
 
 

@@ -86,6 +86,9 @@ class VideoCrafterUNet3DConditionModel(UNet3DConditionModel):
             time_cond_proj_dim=time_cond_proj_dim,
         )
         if fps_cond:
+            if time_cond_proj_dim is not None:
+                raise ValueError("fps_cond takes the time embedding's condition input, so time_cond_proj_dim must be None")
+            self.time_embedding.__class__ = _TimeEmbeddingPlusCondition
             self.fps_proj = Timesteps(block_out_channels[0], True, 0)
             self.fps_embedding = TimestepEmbedding(block_out_channels[0], block_out_channels[0] * 4, act_fn=act_fn)
 
@@ -103,7 +106,8 @@ class VideoCrafterUNet3DConditionModel(UNet3DConditionModel):
                 raise root_error from None
 
     def fps_embed(self, fps: Union[int, float, torch.Tensor], batch_size: int, device) -> torch.Tensor:
-        """The ``(batch_size, time_embed_dim)`` embedding of the frame rate (one value, or one per video)."""
+        """The ``(batch_size, time_embed_dim)`` embedding of the frame rate (one value, or one per video). A pipeline
+        passes a tensor made once per call: a Python number becomes a new device tensor here at every call."""
         fps = torch.as_tensor(fps, device=device)
         if fps.ndim == 0:
             fps = fps[None]
@@ -127,11 +131,19 @@ class VideoCrafterUNet3DConditionModel(UNet3DConditionModel):
             return super().forward(sample, timestep, encoder_hidden_states, **kwargs)
         if fps is None:
             raise ValueError("this VideoCrafter UNet is conditioned on the frame rate: pass `fps` (e.g. fps=24)")
-        fps_emb = self.fps_embed(fps, sample.shape[0], sample.device)
-        # The parent computes the per-video time embedding with `time_embedding` and only then repeats it per
-        # frame, so adding the fps embedding to that module's output is VideoCrafter2's `emb + fps_emb`.
-        hook = self.time_embedding.register_forward_hook(lambda module, args, output: output + fps_emb)
-        try:
-            return super().forward(sample, timestep, encoder_hidden_states, **kwargs)
-        finally:
-            hook.remove()
+        if kwargs.get("timestep_cond") is not None:
+            raise ValueError("the VideoCrafter UNet carries its fps embedding in `timestep_cond`; do not pass one")
+        # The parent computes the per-video time embedding with `time_embedding(t_emb, timestep_cond)` and only then
+        # repeats it per frame; `_TimeEmbeddingPlusCondition` adds the condition to its output, which is
+        # VideoCrafter2's `emb + fps_emb`. No hooks: the forward stays one graph for torch.compile.
+        kwargs["timestep_cond"] = self.fps_embed(fps, sample.shape[0], sample.device)
+        return super().forward(sample, timestep, encoder_hidden_states, **kwargs)
+
+
+class _TimeEmbeddingPlusCondition(TimestepEmbedding):
+    """diffusers' ``TimestepEmbedding`` with the condition summed into its output instead of projected into its
+    input; same parameters and names, so checkpoints load unchanged."""
+
+    def forward(self, sample: torch.Tensor, condition: Optional[torch.Tensor] = None) -> torch.Tensor:
+        out = super().forward(sample)
+        return out if condition is None else out + condition

@@ -26,8 +26,9 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
     With ``iv_mixed=False`` a call is diffusers' stock AnimateDiff sampling.
     """
 
-    # With model offload, calling a component offloads the one before it. IV-mixed alternates the two UNets,
-    # so the one listed first moves on every switch: the image UNet, the smaller of the two.
+    # Model offload: calling a component offloads the one before it here. offload="model-swap" uses the whole
+    # chain; IV-mixed alternates the two UNets, so the one listed first crosses to the GPU on every switch (the
+    # image UNet, the smaller). offload="model" leaves both UNets out of it, on the GPU (performance.enable_offload).
     model_cpu_offload_seq = "text_encoder->image_encoder->image_unet->unet->vae"
     default_zz = SPEC.defaults["zz"]
     # The published AnimateDiff code let M see x_t labelled t1 and the video model x_t1 labelled t.
@@ -120,6 +121,12 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
         zigzag included, is the plain conditional one). Returns :class:`IVMixedPipelineOutput`, or
         ``(frames, network_calls)`` when ``return_dict=False``.
 
+        Several videos in one call: ``prompt`` may be a list, one video per prompt, with ``generator`` a list of
+        as many generators, each video's noise drawn from its own (diffusers' convention), so that every video
+        equals its own call with that generator within float tolerance. ``negative_prompt`` is then a list of the
+        same length (``None`` entries: no negative prompt) or one text for all. Prompt schedules and FreeNoise
+        take one video per call.
+
         Long videos and prompt travel: with ``pipe.enable_free_noise(context_length, context_stride)`` the motion
         modules run over sliding windows (diffusers' FreeNoise), and ``prompt`` (and ``negative_prompt``) may be a
         schedule ``{frame_index: prompt}`` starting at frame 0, as in diffusers' AnimateDiff; a schedule also works
@@ -156,13 +163,14 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
         # One embedding per frame: the motion UNet expects it, and the image UNet sees frames as images.
         return embeds.repeat_interleave(repeats=num_frames, dim=0)
 
-    def _image_predictor(self, *, video_embeds, num_frames, with_uncond, image_batch_size, cross_attention_kwargs,
-                         **_):
+    def _image_predictor(self, *, video_embeds, num_frames, batch_size, with_uncond, image_batch_size,
+                         cross_attention_kwargs, **_):
         """The image UNet shares the video model's CLIP-L text encoder, so it takes the same embeddings: each half
-        of ``video_embeds()`` is laid out ``(b f)`` like the frames of the per-frame view, one embedding per frame."""
+        of ``video_embeds()`` is laid out ``(b f)`` like the frames of the per-frame view, one embedding per frame.
+        The automatic cap on frames per call counts the frames of every video of the call."""
         return per_frame_predictor(
             guided_predictor(self.image_unet, lambda: video_embeds().to(self.image_unet.dtype), with_uncond,
-                             max_batch=frames_per_image_call(image_batch_size, num_frames),
+                             max_batch=frames_per_image_call(image_batch_size, batch_size * num_frames),
                              cross_attention_kwargs=cross_attention_kwargs)
         )
 

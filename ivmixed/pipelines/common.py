@@ -38,6 +38,30 @@ def check_image_batch_size(image_batch_size: Optional[int]) -> None:
         raise ValueError(f"image_batch_size must be at least 1 (or None: all frames in one call), got {image_batch_size}")
 
 
+def batch_negative_prompts(prompt, negative_prompt):
+    """The negative prompts of a call whose ``prompt`` is a list: a list of the same length, where ``None`` (no
+    negative prompt, for one video or all) is ``""`` as diffusers encodes a missing one, and one string applies to
+    every prompt. Anything else is returned as it is, for diffusers' own checks."""
+    if not isinstance(prompt, list):
+        return negative_prompt
+    if negative_prompt is None or isinstance(negative_prompt, str):
+        return [negative_prompt or ""] * len(prompt)
+    if isinstance(negative_prompt, list):
+        return ["" if n is None else n for n in negative_prompt]
+    return negative_prompt
+
+
+def check_generators_per_frame(generator, compat: Optional[ReferenceCompat]) -> None:
+    """Refuse a list of generators (one per video) when the main scheduler steps per-frame latents: its noise is
+    drawn for ``(b f)`` rows, so the list cannot give each video its own seed's noise."""
+    if compat is not None and compat.per_frame_main_step and isinstance(generator, list) and len(generator) > 1:
+        raise ValueError(
+            "reference_compat steps the main scheduler on per-frame latents, where a list of generators cannot give "
+            "each video its own seed's noise: sample one video per call (one generator), or pass "
+            "reference_compat=False"
+        )
+
+
 def guided_predictor(
     unet: torch.nn.Module,
     encoder_hidden_states: Union[torch.Tensor, Callable[[], torch.Tensor]],
@@ -186,10 +210,11 @@ class IVMixedSamplingMixin:
             prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
         return self._video_embeds(prompt_embeds, num_frames), negative_prompt_embeds
 
-    def _image_predictor(self, *, prompt, negative_prompt, video_embeds, num_frames, with_uncond, device, clip_skip,
-                         image_batch_size, cross_attention_kwargs) -> NoisePredictor:
-        """The image model's guided predictor over video latents; ``video_embeds()`` returns the video model's
-        current embeddings."""
+    def _image_predictor(self, *, prompt, negative_prompt, video_embeds, num_frames, batch_size, with_uncond, device,
+                         clip_skip, image_batch_size, cross_attention_kwargs) -> NoisePredictor:
+        """The image model's guided predictor over video latents ``(batch_size, c, num_frames, h, w)``, whose rows
+        are ``(b f)``: video 0's frames, then video 1's; ``video_embeds()`` returns the video model's current
+        embeddings."""
         raise NotImplementedError
 
     def _check_image_model(self, prompt) -> None:
@@ -207,6 +232,7 @@ class IVMixedSamplingMixin:
     ):
         default_height, default_width = self._default_size()
         height, width = height or default_height, width or default_width
+        negative_prompt = batch_negative_prompts(prompt, negative_prompt)
         self.check_inputs(
             prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds,
             None, None, callback_on_step_end_tensor_inputs,
@@ -217,6 +243,7 @@ class IVMixedSamplingMixin:
             settings = settings.resolved(num_inference_steps)
             if compat is not None:
                 compat.check(num_inference_steps)
+        check_generators_per_frame(generator, compat)
         with_image_model = settings is not None and image_model_needed(settings, compat)
         if with_image_model:
             self._check_image_model(prompt)
@@ -262,8 +289,8 @@ class IVMixedSamplingMixin:
         if with_image_model:
             image_predictor = counted(self._image_predictor(
                 prompt=prompt, negative_prompt=negative_prompt, video_embeds=lambda: tensors["prompt_embeds"],
-                num_frames=num_frames, with_uncond=with_uncond, device=device, clip_skip=clip_skip,
-                image_batch_size=image_batch_size, cross_attention_kwargs=cross_attention_kwargs,
+                num_frames=num_frames, batch_size=batch_size, with_uncond=with_uncond, device=device,
+                clip_skip=clip_skip, image_batch_size=image_batch_size, cross_attention_kwargs=cross_attention_kwargs,
             ), counts, "image")
 
         def on_step_end(i, t, x):

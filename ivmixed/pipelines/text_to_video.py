@@ -52,8 +52,9 @@ class IVMixedTextToVideoPipeline(
     components are optional: without them only ``iv_mixed=False`` or a video-only zigzag (``zz=1``) runs.
     """
 
-    # With model offload, calling a component offloads the one before it. IV-mixed alternates the two UNets,
-    # so the one listed first moves on every switch: the image UNet, the smaller of the two.
+    # Model offload: calling a component offloads the one before it here. offload="model-swap" uses the whole
+    # chain; IV-mixed alternates the two UNets, so the one listed first crosses to the GPU on every switch (the
+    # image UNet, the smaller). offload="model" leaves both UNets out of it, on the GPU (performance.enable_offload).
     model_cpu_offload_seq = "text_encoder->image_text_encoder->image_unet->unet->vae"
     _optional_components = ["image_unet", "image_text_encoder", "image_tokenizer"]
     # As diffusers' Stable Diffusion pipelines: the video UNet's embeddings, not the image model's own.
@@ -116,7 +117,8 @@ class IVMixedTextToVideoPipeline(
         device,
         clip_skip: Optional[int] = None,
     ) -> torch.Tensor:
-        """The image model's embeddings, ``[uncond; cond]`` when guided, one per frame (``(b f)`` order)."""
+        """The image model's embeddings, ``[uncond; cond]`` when guided, one per frame: each half in ``(b f)``
+        order (video 0's frames, then video 1's), as the per-frame view lays out the frames."""
         encoder = _ImagePromptEncoder(self.image_text_encoder, self.image_tokenizer)
         embeds, negative_embeds = encoder.encode_prompt(
             prompt, device, 1, with_uncond, negative_prompt, clip_skip=clip_skip
@@ -162,6 +164,12 @@ class IVMixedTextToVideoPipeline(
 
         ``image_batch_size`` caps the frames per image-UNet call (default: all frames in one call); a smaller
         value bounds memory and gives the same result within float tolerance.
+
+        Several videos in one call: ``prompt`` may be a list, one video per prompt, with ``generator`` a list of
+        as many generators, each video's noise (the initial latents and a stochastic scheduler's step noise)
+        drawn from its own, so that every video equals its own call with that generator within float tolerance.
+        ``negative_prompt`` is then a list of the same length (``None`` entries: no negative prompt) or one text
+        for all. Not with ``reference_compat`` on a pipeline whose main step runs on per-frame latents.
 
         ``height``/``width`` default to the UNet's sample size (times the VAE's scale), ``zz`` to the pipeline's
         preset ``default_zz``. ``callback_on_step_end`` may read and replace ``latents``, ``prompt_embeds`` (the

@@ -101,7 +101,8 @@ class IVMixedVideoCrafterPipeline(IVMixedTextToVideoPipeline):
     ):
         """:meth:`IVMixedTextToVideoPipeline.__call__` (guidance 9.0, ``zz=3`` by default) plus ``fps``, the
         frame rate every video UNet call is conditioned on (VideoCrafter2 default 24). ``reference_compat=True`` also
-        changes the standard video (``iv_mixed=False``): its main steps run on per-frame latents."""
+        changes the standard video (``iv_mixed=False``): its main steps run on per-frame latents, so such a call takes
+        one generator, not a list (one video per call)."""
         return self._generate(
             prompt=prompt, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, negative_prompt=negative_prompt, eta=eta, generator=generator,
@@ -111,5 +112,9 @@ class IVMixedVideoCrafterPipeline(IVMixedTextToVideoPipeline):
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             settings=self._iv_mixed_settings(iv_mixed, interval_begin, interval_end, zz, i_sigma_begin, i_sigma_end,
                                              v_sigma_begin, v_sigma_end, rho),
-            image_batch_size=image_batch_size, reference_compat=reference_compat, video_unet_kwargs={"fps": fps},
+            image_batch_size=image_batch_size, reference_compat=reference_compat, video_unet_kwargs={"fps": self._fps_tensor(fps)},
         )
+
+    def _fps_tensor(self, fps: int) -> torch.Tensor:
+        """The frame rate as one device tensor per call, so the UNet does not copy it to the device at every call."""
+        return torch.full((1,), fps, dtype=torch.int64, device=self._execution_device)

@@ -1,0 +1,185 @@
+"""The benchmark's FLOP counter (benchmarks/flops.py) against an independent count, and the harness's run order."""
+
+import math
+import os
+import sys
+
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import flops  # noqa: E402
+
+FRAMES = 4
+
+
+class IndependentCount:
+    """2 x multiply-accumulates of every convolution and linear layer, from their shapes, plus the attention
+    products (scores q k^T and values p v) of every diffusers ``Attention``, from the shapes of its projected
+    queries, keys and values and its head count."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.layers = 0
+        self.attention = 0
+        self.handles = []
+        for sub in module.modules():
+            if isinstance(sub, (torch.nn.Conv2d, torch.nn.Conv3d)):
+                self.handles.append(sub.register_forward_hook(self._conv))
+            elif isinstance(sub, torch.nn.Linear):
+                self.handles.append(sub.register_forward_hook(self._linear))
+            elif isinstance(sub, Attention):
+                self._watch_attention(sub)
+
+    def _conv(self, conv, inputs, output):
+        per_output = (conv.in_channels // conv.groups) * math.prod(conv.kernel_size)
+        self.layers += 2 * output.numel() * per_output
+
+    def _linear(self, linear, inputs, output):
+        rows = output.numel() // linear.out_features  # (some callers pass the input by keyword)
+        self.layers += 2 * rows * linear.in_features * linear.out_features
+
+    def _watch_attention(self, attn: Attention):
+        seen = {}
+
+        def keep(name):
+            def hook(_module, _inputs, output):
+                seen[name] = tuple(output.shape)
+            return hook
+
+        for name in ("to_q", "to_k", "to_v"):
+            self.handles.append(getattr(attn, name).register_forward_hook(keep(name)))
+
+        def done(_module, _inputs, _output):
+            (batch, lq, inner_q), (_, lk, _), (_, _, inner_v) = seen["to_q"], seen["to_k"], seen["to_v"]
+            heads = attn.heads
+            head_dim, value_dim = inner_q // heads, inner_v // heads
+            scores = 2 * batch * heads * lq * lk * head_dim
+            values = 2 * batch * heads * lq * lk * value_dim
+            self.attention += scores + values
+            seen.clear()
+
+        self.handles.append(attn.register_forward_hook(done))
+
+    @property
+    def total(self) -> int:
+        return self.layers + self.attention
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+@pytest.fixture(scope="module")
+def animatediff():
+    from ivmixed.testing import tiny_pipeline
+
+    return tiny_pipeline("Animatediff")
+
+
+def guided_call(pipe, model: str):
+    """One guided call as the pipeline makes it (ivmixed.pipelines.common.guided_predictor: one UNet call on
+    ``[x, x]`` with ``[uncond; cond]`` embeddings), on the video UNet or on the image UNet's per-frame view."""
+    from ivmixed.pipelines.common import guided_predictor, per_frame_predictor
+
+    torch.manual_seed(0)
+    size = pipe.unet.config.sample_size
+    latents = torch.randn(1, 4, FRAMES, size, size)
+    # AnimateDiff's [uncond; cond] embeddings, one per frame (IVMixedAnimateDiffPipeline._video_embeds)
+    embeds = torch.randn(2, 77, pipe.text_encoder.config.hidden_size).repeat_interleave(FRAMES, dim=0)
+    if model == "video":
+        predictor = guided_predictor(pipe.unet, embeds, with_uncond=True)
+    else:
+        predictor = per_frame_predictor(guided_predictor(pipe.image_unet, embeds, with_uncond=True))
+    return lambda: predictor(latents, 981, 7.5)
+
+
+@pytest.mark.parametrize("model", ["video", "image"])
+def test_flop_count_of_a_tiny_guided_call_matches_an_independent_count(animatediff, model):
+    module = animatediff.unet if model == "video" else animatediff.image_unet
+    call = guided_call(animatediff, model)
+    recorder = flops.CallRecorder()
+    independent = IndependentCount(module)
+    handle = recorder.attach(module, model)
+    try:
+        with torch.no_grad():
+            call()
+    finally:
+        handle.remove()
+        independent.remove()
+    assert recorder.forward_calls() == {model: 1}  # a guided call is one UNet call over both halves
+    (spec, calls), = recorder.signatures(model)
+    batch = spec[0][0].shape[0]
+    assert batch == 2 * (1 if model == "video" else FRAMES)
+    # the attention products are a large share here: a counter that missed them would be far off
+    assert independent.attention > 0.05 * independent.total and independent.layers > 0
+    on_meta = flops.count_recorded(recorder, {model: module})[model]["flops"]
+    on_cpu = flops.count_recorded(recorder, {model: module}, device=None)[model]["flops"]
+    for counted in (on_meta, on_cpu):
+        assert counted == pytest.approx(independent.total, rel=0.01), (counted, independent.layers,
+                                                                       independent.attention)
+
+
+def test_attention_on_the_cpu_is_counted():
+    """On the CPU scaled-dot-product attention runs a kernel FlopCounterMode has no formula for."""
+    q = torch.randn(2, 3, 16, 8)
+    with flops.flop_counter() as counter:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    assert counter.get_total_flops() == 2 * (2 * 2 * 3 * 16 * 16 * 8)
+
+
+def test_calls_are_grouped_by_shape_not_by_timestep():
+    recorder = flops.CallRecorder()
+    for t in (999, 979, 959):
+        recorder.record("video", (torch.zeros(2, 4, 8, 8), t), {"encoder_hidden_states": torch.zeros(2, 77, 32)})
+    recorder.record("video", (torch.zeros(2, 4, 8, 8), torch.tensor(999)),
+                    {"encoder_hidden_states": torch.zeros(2, 77, 32)})
+    recorder.record("video", (torch.zeros(4, 4, 8, 8), 999), {"encoder_hidden_states": torch.zeros(4, 77, 32)})
+    sizes = sorted(n for _, n in recorder.signatures("video"))
+    assert sizes == [1, 1, 3] and recorder.forward_calls() == {"video": 5}
+    spec, n = recorder.signatures("video")[0]
+    args, kwargs = flops.materialise(spec, "meta")
+    assert args[0].shape == (2, 4, 8, 8) and args[0].device.type == "meta" and args[1] == 999
+    assert kwargs["encoder_hidden_states"].shape == (2, 77, 32)
+
+
+@pytest.mark.parametrize("name, peak", [
+    ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H200", 989), ("NVIDIA H100 PCIe", 756),
+    ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA GeForce RTX 4090", 165), ("NVIDIA A10G", None),
+    ("Tesla T4", None), ("", None), (None, None),
+])
+def test_peak_by_device_name(name, peak):
+    assert flops.peak_tflops(name) == peak
+
+
+def test_peak_choice_needs_a_known_gpu_and_half_precision():
+    import bench
+
+    args = bench.build_parser().parse_args(["--tiny"])
+    assert bench.choose_peak(args, {"cpu": "x"}, "fp32")["tflops"] is None
+    assert bench.choose_peak(args, {"gpu": "NVIDIA H100 80GB HBM3"}, "fp16")["tflops"] == 989
+    assert bench.choose_peak(args, {"gpu": "NVIDIA H100 80GB HBM3"}, "fp32")["tflops"] is None
+    assert bench.choose_peak(args, {"gpu": "Mystery GPU"}, "bf16")["tflops"] is None
+    given = bench.build_parser().parse_args(["--tiny", "--peak-tflops", "50"])
+    assert bench.choose_peak(given, {"cpu": "x"}, "fp32") == {"tflops": 50.0, "source": "--peak-tflops"}
+
+
+def test_runs_alternate_the_variants():
+    import bench
+
+    order = bench.run_order(warmup=1, repeats=2, breakdown_repeats=1)
+    assert order == [
+        ("warmup", "standard"), ("warmup", "iv_mixed"),
+        ("end_to_end", "standard"), ("end_to_end", "iv_mixed"),
+        ("breakdown", "standard"), ("breakdown", "iv_mixed"),
+        ("end_to_end", "standard"), ("end_to_end", "iv_mixed"),
+    ]
+    for kind in ("warmup", "end_to_end", "breakdown"):
+        names = [name for k, name in order if k == kind]
+        assert names == ["standard", "iv_mixed"] * (len(names) // 2)
+    # the calls are recorded for counting in a warm-up run, else a breakdown run, else the first plain run
+    assert bench.recording_runs(order) == {"standard": 0, "iv_mixed": 1}
+    assert bench.recording_runs(bench.run_order(0, 1, 1)) == {"standard": 2, "iv_mixed": 3}
+    assert bench.recording_runs(bench.run_order(0, 2, 0)) == {"standard": 0, "iv_mixed": 1}
