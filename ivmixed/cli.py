@@ -70,6 +70,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         kwargs: Dict[str, Any] = {"dest": name, "help": _help(name), "default": None}
         if s.type is bool:
             kwargs["action"] = "store_true"
+        elif s.type is tuple:  # repeatable: each flag adds one value
+            kwargs.update(action="append", type=str, metavar=s.metavar or name.upper())
         else:
             kwargs["type"] = s.type
             kwargs["metavar"] = s.metavar or ("{" + ",".join(s.choices) + "}" if s.choices else name.upper())

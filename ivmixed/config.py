@@ -18,12 +18,13 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from .errors import ModelLoadError, SettingError, Templated, quote, quote_message
-from .loading import check_local_sources
+from .loading import is_single_file
 from .lora_paths import LORA_TARGETS, check_lora
 from .memory import check_fits_memory
 from .prompts import SEED_LIMIT, prompt_problem, read_text_file, text_problem
 from .registry import CHECKPOINT_KEYS, PIPELINES, PipelineSpec, find_pipeline
 from .runtime import DTYPE_NAMES
+from .schedulers import BETA_SCHEDULES, SCHEDULER_NAMES, TIMESTEP_SPACINGS
 from .settings import IVMixedSettings, ReferenceCompat
 
 ConfigError = SettingError  # the name the rest of the package and its users know
@@ -34,6 +35,8 @@ class SettingWarning(Templated, UserWarning):
 
 
 PIPELINE_NAMES = tuple(PIPELINES)
+# Model settings beside the pipelines' checkpoints (what builds or replaces one of them).
+EXTRA_MODEL_SOURCES = ("video_model_config", "image_model_config", "vae")
 VIDEO_FORMATS = ("mp4", "gif")
 OFFLOAD_MODES = ("none", "model", "model-swap", "sequential")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
@@ -84,6 +87,12 @@ def _negative_prompt_text(v: Optional[str]) -> Optional[str]:
     return None if v is None else prompt_problem(v)
 
 
+def _motion_loras(values: Tuple[str, ...]) -> Optional[str]:
+    from .motion_lora import motion_lora_problem
+
+    return next((problem for problem in map(motion_lora_problem, values) if problem), None)
+
+
 WHAT, MODELS, OUTPUT, SPEED = "what to generate", "models", "output and run", "speed and memory"
 
 
@@ -112,15 +121,40 @@ class RunConfig:
         "num_frames is more than the motion adapter takes (16 then)", WHAT, _at_least(1))
     context_stride: Optional[int] = _setting(None, "Animatediff: frames between the starts of context windows "
                                              "(4 when windows are on)", WHAT, _at_least(1))
+    scheduler: Optional[str] = _setting(None, "sampler of the main steps: " + ", ".join(SCHEDULER_NAMES) + " (default: "
+                                        "the pipeline's); the zigzag's moves stay DDIM on the same noise schedule",
+                                        WHAT, choices=SCHEDULER_NAMES)
+    timestep_spacing: Optional[str] = _setting(None, "how the main steps' timesteps are spread over the schedule: "
+                                               "leading, linspace or trailing (default: the scheduler's)", WHAT,
+                                               choices=TIMESTEP_SPACINGS)
+    beta_schedule: Optional[str] = _setting(None, "the noise schedule the scheduler assumes: linear or scaled_linear "
+                                            "(default: the checkpoint's); few-step motion models ask for linear",
+                                            WHAT, choices=BETA_SCHEDULES)
     reference_compat: bool = _setting(False, "reproduce the published implementation's per-pipeline details "
                                       "(see the README's table); at most 50 steps", WHAT)
     iv_mixed: IVMixedSettings = field(default_factory=IVMixedSettings)
 
-    video_model: Optional[str] = _setting(None, "hub id or local folder of the video model (default: the pipeline's)",
+    video_model: Optional[str] = _setting(None, "hub id, local folder or single file (Animatediff's base: a .safetensors/"
+                                          ".ckpt, or owner/repo/name.safetensors) of the video model (default: the "
+                                          "pipeline's)",
                                           MODELS)
-    motion_adapter: Optional[str] = _setting(None, "Animatediff: hub id or local folder of the motion adapter", MODELS)
+    motion_adapter: Optional[str] = _setting(None, "Animatediff: hub id, local folder or single file (.safetensors/.ckpt, "
+                                              "or owner/repo/name.safetensors) of the motion adapter", MODELS)
     unet: Optional[str] = _setting(None, "VideoCrafter: hub id or local folder of the VideoCrafter2 UNet", MODELS)
-    image_model: Optional[str] = _setting(None, "hub id or local folder of the image model (SD 1.5 family)", MODELS)
+    image_model: Optional[str] = _setting(None, "hub id, local folder or single file (.safetensors/.ckpt, or "
+                                          "owner/repo/name.safetensors) of the image model (SD 1.5 family)", MODELS)
+    video_model_config: Optional[str] = _setting(
+        None, "Animatediff: hub id or folder whose configs build a single-file {video_model} (default: the "
+        "pipeline's default video model, from the local cache)", MODELS)
+    image_model_config: Optional[str] = _setting(
+        None, "hub id or folder whose configs build a single-file {image_model} (default: the pipeline's default "
+        "image model, from the local cache)", MODELS)
+    vae: Optional[str] = _setting(None, "hub id, folder or single file of a VAE that replaces the video model's (and "
+                                  "so decodes the videos), e.g. stabilityai/sd-vae-ft-mse", MODELS)
+    motion_lora: Tuple[str, ...] = _setting(
+        (), "Animatediff: a LoRA for the video model (a motion LoRA, or a few-step LoRA of the base UNet): a hub id, "
+        "a hub file owner/repo/name.safetensors or a .safetensors file, with an optional :SCALE (default 1); "
+        "repeat for several", MODELS, _motion_loras, metavar="ID_OR_FILE[:SCALE]")
     tiny: bool = _setting(False, "random tiny models, offline, in seconds: checks an install; the videos are noise",
                           MODELS)
     lora: Optional[str] = _setting(None, "LoRA for the image model: a name under lora/, a converted folder or a "
@@ -190,6 +224,8 @@ class Setting:
 
 
 def _field_type(hint) -> Tuple[type, bool]:
+    if typing.get_origin(hint) is tuple:  # a repeatable setting: a tuple of texts
+        return tuple, False
     args = typing.get_args(hint)
     if type(None) in args:
         return next(a for a in args if a is not type(None)), True
@@ -250,6 +286,15 @@ def typed_value(key: str, value: Any, where: str = "") -> Any:
             except OverflowError:
                 raise ConfigError(f"{where}{{{key}}} must be a finite number, got {quote(value)}") from None
         raise ConfigError(f"{where}{{{key}}} must be a number, got {quote(value)}")
+    if s.type is tuple:  # a repeatable setting: one text, or a list of them
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values):
+            raise ConfigError(f"{where}{{{key}}} must be text or a list of texts, got {quote(value)}")
+        for v in values:
+            problem = text_problem(v)
+            if problem:
+                raise ConfigError(f"{where}{{{key}}} {problem}")
+        return tuple(values)
     if isinstance(value, str):
         problem = text_problem(value)  # it goes into file names and UTF-8 records
         if problem:
@@ -408,10 +453,12 @@ def check(config: RunConfig) -> Tuple[SettingWarning, ...]:
             raise ConfigError(f"{{{key}}} applies to {{pipeline}} {owner} only")
     config.iv_mixed.check(config.inference_step)
     if not config.tiny:
-        try:
-            check_local_sources([(c.what, getattr(config, c.key), c.key, c.marker) for c in spec.checkpoints
-                                 if getattr(config, c.key) is not None])
-        except ModelLoadError as exc:  # a given folder that is not there: a bad value, found before loading
+        from .single_file import check_sources
+
+        try:  # folders that are not there, files that are not checkpoints of their kind, configs missing offline
+            check_sources(spec, config.model_sources(), vae=config.vae, image_model_config=config.image_model_config,
+                          video_model_config=config.video_model_config, require_cached_configs=True)
+        except ModelLoadError as exc:  # a bad value, found before loading
             raise ConfigError(exc.template) from None
     if config.reference_compat and config.inference_step > REFERENCE_MAX_STEPS:
         raise ConfigError(f"{{reference_compat}} supports at most {REFERENCE_MAX_STEPS} {{inference_step}} (the "
@@ -440,6 +487,11 @@ def unused_settings(config: RunConfig) -> Tuple[SettingWarning, ...]:
     spec, found = config.spec, []
     if config.tiny:
         keys = [c.key for c in spec.checkpoints if getattr(config, c.key) not in (None, c.default)]
+        keys += [key for key in EXTRA_MODEL_SOURCES if getattr(config, key) is not None]
+        from .motion_lora import loaded_motion_loras
+
+        if len(loaded_motion_loras(config.motion_lora, True)) < len(config.motion_lora):
+            keys.append("motion_lora")  # its hub LoRAs
         if keys:
             names = " and ".join(f"{{{k}}}" for k in keys)
             found.append(SettingWarning(f"{names} {'is' if len(keys) == 1 else 'are'} not loaded: {{tiny}} uses "
@@ -452,6 +504,11 @@ def unused_settings(config: RunConfig) -> Tuple[SettingWarning, ...]:
                                             f"{spec.name}: {why}"))
     if config.lora is None and config.lora_target != SETTINGS["lora_target"].default:
         found.append(SettingWarning(f"{{lora_target}} {config.lora_target} does nothing without a {{lora}}"))
+    for key, model in (("image_model_config", "image_model"), ("video_model_config", "video_model")):
+        if getattr(config, key) is not None and not config.tiny and spec.takes(model) \
+                and not is_single_file(config.model_sources()[model]):
+            found.append(SettingWarning(f"{{{key}}} does nothing: {{{model}}} is not a single file (a folder or hub id "
+                                        "holds its own configs)"))
     if not config.compile and config.compile_mode != SETTINGS["compile_mode"].default:
         found.append(SettingWarning(f"{{compile_mode}} {config.compile_mode} does nothing without {{compile}}"))
     if config.prompt_file is None and config.batch_size > 1:

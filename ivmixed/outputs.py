@@ -15,28 +15,12 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional, Tuple
 
-from .config import RunConfig
+from .config import EXTRA_MODEL_SOURCES, RunConfig
+from .digests import file_digest
 from .prompts import Job, check_job
 
 SHORT = 10  # hex digits of the fingerprint in file names
 TINY_MODELS = "tiny-random-v1"  # the --tiny models' identity; change it when their builders change
-
-
-_DIGESTS: Dict[Tuple[Any, ...], str] = {}
-
-
-def file_digest(path: str) -> str:
-    """SHA-256 of a file's content, hashed once per version of the file (its inode, size and change times):
-    a sweep's runners and the app's runs all fingerprint the same LoRA."""
-    st = os.stat(path)
-    version = (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if version not in _DIGESTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _DIGESTS[version] = digest.hexdigest()
-    return _DIGESTS[version]
 
 
 def lora_identity(config: RunConfig) -> Optional[Dict[str, Any]]:
@@ -52,11 +36,25 @@ def lora_identity(config: RunConfig) -> Optional[Dict[str, Any]]:
     return {"folder": os.path.abspath(path), "target": config.lora_target}
 
 
+def source_identity(source: str) -> str:
+    """A model source as it changes frames: a file by its content hash, a folder by its path, a hub id as given."""
+    path = os.path.expanduser(source)
+    if os.path.isfile(path):
+        return "sha256:" + file_digest(path)
+    return os.path.abspath(path) if os.path.isdir(path) else source
+
+
+SCHEDULER_SETTINGS = ("scheduler", "timestep_spacing", "beta_schedule")
+
+
 def model_identity(config: RunConfig) -> Dict[str, str]:
     if config.tiny:
         return {"tiny": TINY_MODELS}
-    return {key: (os.path.abspath(os.path.expanduser(source)) if os.path.isdir(os.path.expanduser(source)) else source)
-            for key, source in config.model_sources().items()}
+    models = {key: source_identity(source) for key, source in config.model_sources().items()}
+    # given only: the fingerprints of runs without them stay as they were
+    models.update({key: source_identity(getattr(config, key)) for key in EXTRA_MODEL_SOURCES
+                   if getattr(config, key) is not None})
+    return models
 
 
 def identities(config: RunConfig, job: Job, lora: Optional[Dict[str, Any]],
@@ -81,6 +79,13 @@ def identities(config: RunConfig, job: Job, lora: Optional[Dict[str, Any]],
     }
     if context is not None:
         standard["context_windows"] = list(context)
+    scheduler = {key: getattr(config, key) for key in SCHEDULER_SETTINGS if getattr(config, key) is not None}
+    if scheduler:
+        standard["scheduler_settings"] = scheduler
+    if config.motion_lora:
+        from .motion_lora import loaded_motion_loras, motion_lora_identity
+
+        standard["motion_lora"] = motion_lora_identity(loaded_motion_loras(config.motion_lora, config.tiny))
     iv_mixed = {**standard, "iv_mixed": asdict(config.iv_mixed.resolved(config.inference_step)),
                 "reference_compat": config.reference_compat}
     return {"standard": standard, "iv_mix": iv_mixed}

@@ -107,7 +107,7 @@ ANIMATEDIFF = PipelineSpec(
         Checkpoint("image_model", "image model", SD15, "unet/config.json"),
     ),
     defaults={"height": 512, "width": 512, "guidance_scale": 7.5, "zz": 1000},
-    options=("context_length", "context_stride"),
+    options=("context_length", "context_stride", "motion_lora", "video_model_config"),
     video_lora=True,
     prompt_schedules=True,
 )

@@ -22,7 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 from .claims import CLAIM_FILE, Claim, claim, holder, wait_for_claim
-from .config import RunConfig, check_output_dir, with_resolved_runtime
+from .config import EXTRA_MODEL_SOURCES, RunConfig, check_output_dir, with_resolved_runtime
 from .errors import ModelLoadError, SettingError
 from .leftovers import sweep_files
 from .manifest import Manifest
@@ -118,7 +118,9 @@ class PipelineCache:
 
     @staticmethod
     def key(config: RunConfig) -> tuple:
-        return (config.pipeline, config.tiny, tuple(sorted(config.model_sources().items())), config.dtype,
+        return (config.pipeline, config.tiny, tuple(sorted(config.model_sources().items())), config.vae,
+                config.video_model_config, config.image_model_config, config.motion_lora, config.scheduler,
+                config.timestep_spacing, config.beta_schedule, config.dtype,
                 config.device, config.lora, config.lora_scale, config.lora_target, config.offload, config.compile,
                 config.compile_mode, config.channels_last, config.vae_slicing, config.vae_tiling)
 
@@ -158,19 +160,32 @@ def load_pipeline(config: RunConfig) -> LoadedPipeline:
                                  f"({describe_cause(exc, temp)}); free space there or set TMPDIR to another "
                                  "folder") from None
     else:
-        pipe = spec.pipeline_class().from_checkpoints(**sources, dtype=torch_dtype(config.dtype))
+        pipe = spec.pipeline_class().from_checkpoints(**sources, dtype=torch_dtype(config.dtype), **{
+            k: getattr(config, k) for k in EXTRA_MODEL_SOURCES if getattr(config, k) is not None})
     lora_record = None
     if config.lora:
         from .lora import apply_lora_to_pipeline
 
         lora_record = apply_lora_to_pipeline(pipe, config.lora, config.lora_scale, config.lora_target)
+    motion_lora_records = None
+    if config.motion_lora:
+        from .motion_lora import apply_motion_loras, loaded_motion_loras
+
+        motion_lora_records = apply_motion_loras(pipe, loaded_motion_loras(config.motion_lora, config.tiny))
+    if config.scheduler or config.timestep_spacing or config.beta_schedule:
+        from .schedulers import make_scheduler
+
+        pipe.scheduler = make_scheduler(pipe.scheduler, name=config.scheduler, timestep_spacing=config.timestep_spacing,
+                                        beta_schedule=config.beta_schedule)
     performance = apply_performance_options(
         pipe, device=config.device, offload=config.offload, compile=config.compile, compile_mode=config.compile_mode,
         channels_last=config.channels_last, vae_slicing=config.vae_slicing, vae_tiling=config.vae_tiling,
     )
     info = {
-        "models": {k: ("tiny-random" if config.tiny else v) for k, v in config.model_sources().items()},
+        "models": {**{k: ("tiny-random" if config.tiny else v) for k, v in config.model_sources().items()},
+                   **{k: getattr(config, k) for k in EXTRA_MODEL_SOURCES if getattr(config, k) and not config.tiny}},
         "lora": lora_record,
+        "motion_lora": motion_lora_records,
         "load_s": round(time.perf_counter() - t0, 3),
         "cpu_threads": threads,
         "performance": performance,

@@ -4,6 +4,12 @@ Nothing here loads a model, touches a file or prints: a pipeline (or a test) han
 ``video_model(x, t, w)`` and ``image_model(x, t, w)``, each returning the noise prediction of
 ``x`` at timestep ``t`` under classifier-free guidance weight ``w``, plus the main scheduler. ``t`` is always a
 0-d tensor on the timesteps' device: the loop never reads a device value on the host, so a GPU never waits on it.
+
+The main scheduler may be any diffusers scheduler that takes one model evaluation per inference step on nearly
+evenly spaced timesteps (DDIM, Euler, Euler ancestral, DPM-Solver++, LCM, ...); :func:`zigzag_stride` says which
+ones the zigzag can follow and refuses the others. Schedulers whose latents are not variance preserving (the Euler
+family keeps ``x0 + sigma * eps``) are converted to the variance-preserving latents the DDIM moves take before each
+zigzag and back after it, by the factor their own ``scale_model_input`` applies.
 """
 
 from __future__ import annotations
@@ -18,8 +24,12 @@ from tqdm.auto import tqdm
 
 from .settings import NO_DEVIATIONS, IVMixedSettings, ReferenceCompat
 
-__all__ = ["IVMixedSettings", "ReferenceCompat", "count_network_calls", "ddim_move", "image_model_needed",
-           "sample_iv_mixed"]
+__all__ = ["IVMixedSettings", "ReferenceCompat", "SPACING_TOLERANCE", "count_network_calls", "ddim_move",
+           "image_model_needed", "sample_iv_mixed", "zigzag_stride"]
+
+# How far one main step may be from the mean main step, as a fraction of it (plus the rounding of the scheduler's
+# timestep grid), for the zigzag to follow the main scheduler; see zigzag_stride.
+SPACING_TOLERANCE = 0.25
 
 NoisePredictor = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], Optional[torch.Tensor]]
@@ -59,6 +69,66 @@ def image_model_needed(settings: IVMixedSettings, reference_compat: Optional[Ref
     return any(compat.uses_image_model(settings, i) for i in settings.zigzag_steps())
 
 
+def _host_timesteps(scheduler) -> List[float]:
+    return [float(v) for v in scheduler.timesteps.tolist()]
+
+
+def zigzag_stride(scheduler, host_timesteps: Optional[List[float]] = None) -> int:
+    """The zigzag's stride ``D = num_train_timesteps // num_inference_steps`` for ``scheduler`` (its timesteps set),
+    or one ``ValueError`` line where the zigzag cannot follow its steps. It follows a scheduler that
+
+    * predicts noise (``prediction_type="epsilon"``): the DDIM moves take noise predictions;
+    * makes one timestep per inference step (not Heun's or DPM-2's two evaluations per step);
+    * keeps its timesteps on the training schedule, with a positive ``alphas_cumprod`` there;
+    * spreads them nearly evenly: the mean main step ``m`` is within a factor 2 of ``D``, and every main step is
+      within ``SPACING_TOLERANCE * m`` of ``m``, plus one step of the grid the timesteps are rounded to (one
+      timestep; LCM's ``T // original_inference_steps``, 20). That takes DDIM's, Euler's and DPM-Solver's
+      leading, linspace and trailing spacings (their steps differ by at most one timestep of rounding; linspace's
+      ``m`` is ``(T - 1) / (N - 1)``, above ``D``: 333 at 4 steps, where ``D`` is 250) and LCM's steps, which
+      skip on its 50-step grid (240 and 260 at 4 steps, 20 and 40 at 30 steps). It refuses Karras, exponential
+      and beta sigmas from 3 to 5 steps on (their steps shrink towards low noise: 30 to 345 timesteps at 6 steps,
+      1 to 75 at 25), where a zigzag of fixed size no longer matches the main steps.
+
+    ``host_timesteps`` are the timesteps as numbers, when the caller has read them already.
+    """
+    name = type(scheduler).__name__
+    prediction = scheduler.config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise ValueError(f"IV-mixed sampling needs a noise-predicting scheduler, but this {name} has "
+                         f"prediction_type={prediction!r}; use one with prediction_type='epsilon' or iv_mixed=False")
+    ts = _host_timesteps(scheduler) if host_timesteps is None else host_timesteps
+    steps = getattr(scheduler, "num_inference_steps", None) or len(ts)
+    total = scheduler.config.num_train_timesteps
+    if len(ts) != steps:
+        raise ValueError(f"IV-mixed sampling needs one timestep per inference step, but {name} makes {len(ts)} for "
+                         f"{steps} steps (more than one model evaluation per step); choose another scheduler or "
+                         "iv_mixed=False")
+    stride = total // steps
+    off_grid = [t for t in ts if not 0 <= round(t) < total]
+    if off_grid:
+        raise ValueError(f"IV-mixed sampling needs timesteps on the {total}-step training schedule, but {name} has "
+                         f"{off_grid[0]:g}; choose another scheduler or iv_mixed=False")
+    alphas = scheduler.alphas_cumprod.tolist()
+    if ts and alphas[round(max(ts))] <= 0.0:
+        raise ValueError(f"IV-mixed sampling cannot start a zigzag at timestep {max(ts):g}, where {name}'s "
+                         "alphas_cumprod is 0 (rescale_betas_zero_snr); switch that off or use iv_mixed=False")
+    if len(ts) >= 2:
+        gaps = [a - b for a, b in zip(ts, ts[1:])]
+        mean = (ts[0] - ts[-1]) / (len(ts) - 1)
+        # the rounding of the grid the timesteps are picked on: one timestep, or LCM's (and TCD's) coarse grid
+        grid = total // (scheduler.config.get("original_inference_steps") or total)
+        even = stride / 2 <= mean <= 2 * stride and all(
+            abs(gap - mean) <= SPACING_TOLERANCE * mean + grid for gap in gaps)
+        if not even:
+            uneven = [flag for flag in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+                      if scheduler.config.get(flag)]
+            hint = f" ({uneven[0]}=True)" if uneven else ""
+            raise ValueError(f"IV-mixed sampling needs nearly evenly spaced timesteps (its zigzag moves {stride} at a "
+                             f"time), but {name}{hint} steps between {min(gaps):g} and {max(gaps):g} timesteps at "
+                             f"{steps} steps; use evenly spaced sigmas or iv_mixed=False")
+    return stride
+
+
 def sample_iv_mixed(
     video_model: NoisePredictor,
     image_model: Optional[NoisePredictor],
@@ -74,7 +144,8 @@ def sample_iv_mixed(
 ) -> torch.Tensor:
     """Run the main scheduler's steps over ``x``, with the IV-mixed zigzag before each step in the interval.
 
-    ``scheduler`` must already have its timesteps set; its ``alphas_cumprod`` drive the zigzag moves.
+    ``scheduler`` must already have its timesteps set; its ``alphas_cumprod`` drive the zigzag moves, and with
+    ``settings`` it must be one :func:`zigzag_stride` accepts (else one ``ValueError``, before any step).
     ``settings=None`` gives the standard sampler (one guided video call per step). ``callback(i, t, x)``
     runs after every step and may return replacement latents. ``should_stop()`` is asked before every step;
     once true the loop ends and the latents are returned as they are (diffusers' ``interrupt``).
@@ -85,6 +156,8 @@ def sample_iv_mixed(
     num_steps = len(timesteps)
     step_kwargs = step_kwargs or {}
     if settings is not None:
+        host_timesteps = _host_timesteps(scheduler)
+        stride = zigzag_stride(scheduler, host_timesteps)
         settings = settings.resolved(num_steps)
         compat.check(num_steps)
         if image_model is None and image_model_needed(settings, compat):
@@ -92,8 +165,10 @@ def sample_iv_mixed(
         image_weights = compat.weights(settings.i_sigma_begin, settings.i_sigma_end, num_steps, settings.rho)
         video_weights = compat.weights(settings.v_sigma_begin, settings.v_sigma_end, num_steps, settings.rho)
         alphas: List[float] = scheduler.alphas_cumprod.double().tolist()
-        stride = scheduler.config.num_train_timesteps // num_steps
-        zigzag_times = _zigzag_timesteps(timesteps, stride)
+        zigzag_times = _zigzag_timesteps(host_timesteps, timesteps, stride)
+        # The model input of unit latents: the factor to variance-preserving latents (the scheduler's own
+        # tensor where it scales nothing, then no conversion is made).
+        unit = torch.ones((), dtype=torch.float32, device=x.device)
 
         def abar(s: int) -> float:
             return alphas[s] if s >= 0 else alphas[0]
@@ -103,11 +178,14 @@ def sample_iv_mixed(
             if should_stop is not None and should_stop():
                 break
             if settings is not None and settings.in_interval(i):
-                x = _zigzag(
-                    x, zigzag_times[i], stride, abar, video_model,
+                to_vp = scheduler.scale_model_input(unit, t)
+                vp = x if to_vp is unit else x * to_vp
+                vp = _zigzag(
+                    vp, zigzag_times[i], stride, abar, video_model,
                     image_model if compat.uses_image_model(settings, i) else None,
                     video_weights[i], image_weights[i], compat,
                 )
+                x = vp if to_vp is unit else vp / to_vp
             eps = video_model(scheduler.scale_model_input(x, t), t, guidance_scale)
             if compat.per_frame_main_step:
                 x = _per_frame_step(scheduler, eps, t, x, step_kwargs)
@@ -129,11 +207,13 @@ class _ZigzagTimes(NamedTuple):
     device: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _zigzag_timesteps(timesteps: torch.Tensor, stride: int) -> List[_ZigzagTimes]:
+def _zigzag_timesteps(host_timesteps: List[float], timesteps: torch.Tensor, stride: int) -> List[_ZigzagTimes]:
     """The zigzag timesteps of every main step, made once per run: one device-to-host read of the main timesteps and
     one host-to-device copy, so that the loop never waits on the device for a timestep and the networks never get a
-    Python number (diffusers turns one into a new device tensor at every call)."""
-    host = [(t, max(t - stride, 0), max(t - 2 * stride, 0)) for t in (int(v) for v in timesteps.tolist())]
+    Python number (diffusers turns one into a new device tensor at every call). A timestep between two of the
+    training schedule's (Euler's linspace spacing) is rounded to the nearest one: the zigzag then starts and ends at a
+    noise level within 0.25% (in ``sqrt(abar)``) of the latents' own."""
+    host = [(t, max(t - stride, 0), max(t - 2 * stride, 0)) for t in (round(v) for v in host_timesteps)]
     device = torch.tensor(host, dtype=timesteps.dtype, device=timesteps.device) if host else None
     return [_ZigzagTimes(h, tuple(device[i].unbind())) for i, h in enumerate(host)]
 

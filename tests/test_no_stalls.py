@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 from torch.utils._python_dispatch import TorchDispatchMode
+from runs import no_bar
 
 from ivmixed.performance import apply_performance_options
 from ivmixed.sampler import IVMixedSettings, sample_iv_mixed
@@ -78,12 +79,12 @@ def test_the_zigzag_moves_with_one_device_copy_of_its_timesteps():
         mode = HostTraffic()
         with mode:
             sample_iv_mixed(model, model, torch.zeros(1, 4, 2, 8, 8), scheduler, 7.5, IVMixedSettings(),
-                            progress_bar=lambda total: _Bar())
+                            progress_bar=no_bar)
         made[steps] = dict(mode.counts)
         standard = HostTraffic()
         with standard:
             sample_iv_mixed(model, None, torch.zeros(1, 4, 2, 8, 8), scheduler, 7.5, None,
-                            progress_bar=lambda total: _Bar())
+                            progress_bar=no_bar)
         made[steps] = {key: made[steps].get(key, 0) - standard.counts.get(key, 0)
                        for key in ("host_reads", "host_made", "device_copies")}
     assert made[2] == made[6] == {"host_reads": 0, "host_made": 1, "device_copies": 0}
@@ -102,23 +103,12 @@ def test_every_network_call_gets_a_device_timestep():
     scheduler = t2v_scheduler()
     scheduler.set_timesteps(4)
     sample_iv_mixed(model, model, torch.zeros(1, 4, 2, 8, 8), scheduler, 7.5, IVMixedSettings(),
-                    progress_bar=lambda total: _Bar())
+                    progress_bar=no_bar)
     assert len(seen) == 4 * 5
     assert all(isinstance(t, torch.Tensor) and t.ndim == 0 and t.dtype == scheduler.timesteps.dtype for t in seen)
     first = [int(t) for t in seen[:5]]  # step 0: M at t, the VDM at t1, M at t2, the VDM at t1, then the main step
     t0, stride = int(scheduler.timesteps[0]), scheduler.config.num_train_timesteps // 4
     assert first == [t0, t0 - stride, t0 - 2 * stride, t0 - stride, t0]
-
-
-class _Bar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n):
-        pass
 
 
 def test_compile_makes_one_graph_per_unet_and_never_recompiles(pipe, monkeypatch):

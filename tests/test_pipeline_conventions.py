@@ -167,7 +167,9 @@ def test_signatures_are_explicit_and_presets_come_from_the_registry(name):
     loader = inspect.signature(cls.from_checkpoints).parameters
     for checkpoint in spec.checkpoints:
         assert loader[checkpoint.key].default == checkpoint.default
-    assert set(loader) - {c.key for c in spec.checkpoints} == {"dtype", "scheduler_settings"}
+    extra = {"dtype", "scheduler_settings", "image_model_config", "vae"}
+    assert set(loader) - {c.key for c in spec.checkpoints} == extra | (
+        {"video_model_config"} if spec.takes("video_model_config") else set())
 
 
 def test_videocrafter_fps_is_a_call_argument(tmp_path):

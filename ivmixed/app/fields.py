@@ -33,7 +33,22 @@ LABELS: Dict[str, str] = {
     "lora": "LoRA",
     "lora_scale": "LoRA strength",
     "lora_target": "LoRA goes into",
+    "video_model": "Video model",
+    "motion_adapter": "Motion adapter",
+    "unet": "VideoCrafter2 UNet",
+    "image_model": "Image model",
+    "video_model_config": "Video model config",
+    "image_model_config": "Image model config",
+    "vae": "VAE",
+    "motion_lora": "Motion LoRAs",
+    "scheduler": "Sampler",
+    "timestep_spacing": "Timestep spacing",
+    "beta_schedule": "Noise schedule",
 }
+# The page's model and sampler fields, in order; blank means the pipeline's own.
+MODEL_FIELDS = ("video_model", "motion_adapter", "unet", "image_model", "video_model_config", "image_model_config",
+                "vae", "motion_lora", "scheduler", "timestep_spacing", "beta_schedule")
+PIPELINE_OWN = "pipeline's own"
 
 # Which way each knob moves frame quality against temporal coherence (its help text says what it is).
 DIRECTIONS: Dict[str, str] = {

@@ -12,7 +12,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local tool: no t
 from ..config import IV_MIXED_KEYS, PIPELINE_NAMES, SETTINGS
 from ..errors import SettingError
 from ..lora_paths import DEFAULT_SCALE, available_loras, lora_search_dirs
-from .fields import LABELS, NO_LORA, PRESET_NOTES, PRESETS, knob_info, preset_values, render_error
+from .fields import (LABELS, MODEL_FIELDS, NO_LORA, PIPELINE_OWN, PRESET_NOTES, PRESETS, knob_info, preset_values,
+                     render_error)
 from .state import App, RequestError
 from .tables import CALLS_HEADERS, HISTORY_HEADERS, history_choice, history_row, settings_difference
 
@@ -23,7 +24,8 @@ CSS = """
 """
 
 GENERATE_INPUTS = ("prompt", "negative_prompt", "pipeline", "seed", "inference_step", "num_frames", "height", "width",
-                   "guidance_scale") + IV_MIXED_KEYS + ("reference_compat", "lora", "lora_scale", "lora_target")
+                   "guidance_scale") + IV_MIXED_KEYS + ("reference_compat", "lora", "lora_scale", "lora_target") + \
+    MODEL_FIELDS
 
 
 def build_ui(app: App):
@@ -94,6 +96,22 @@ def build_ui(app: App):
                                                                   "folder keeps the strength it was merged at.")
                             fields["lora_target"] = gr.Radio(list(SETTINGS["lora_target"].choices),
                                                              value=start.lora_target, label=LABELS["lora_target"])
+                    with gr.Accordion("Models and sampler", open=False):
+                        gr.Markdown("Blank fields use the pipeline's own. A model is a hub id, a folder or a single "
+                                    ".safetensors file (Civitai style; its config comes from the config field or "
+                                    "the pipeline's default model). Motion LoRAs: one per line, `ID_OR_FILE[:SCALE]`.")
+                        with gr.Row():
+                            for name in MODEL_FIELDS:
+                                value = start_values[name]
+                                if SETTINGS[name].choices:
+                                    fields[name] = gr.Dropdown([PIPELINE_OWN, *SETTINGS[name].choices],
+                                                               value=value or PIPELINE_OWN, label=LABELS[name],
+                                                               info=SETTINGS[name].help, elem_id=f"model-{name}")
+                                else:
+                                    text = "\n".join(value) if isinstance(value, tuple) else (value or "")
+                                    fields[name] = gr.Textbox(value=text, label=LABELS[name], info=SETTINGS[name].help,
+                                                              lines=2 if name == "motion_lora" else 1,
+                                                              elem_id=f"model-{name}")
                 with gr.Column(scale=2):
                     with gr.Column(variant="panel", elem_id="iv-mixed-panel"):
                         gr.Markdown("### IV-mixed\nStarting points:")
@@ -156,7 +174,9 @@ def build_ui(app: App):
 
         def generate(prompt, negative_prompt, pipeline, seed, inference_step, num_frames, height, width,
                      guidance_scale, interval_begin, interval_end, zz, i_sigma_begin, i_sigma_end, v_sigma_begin,
-                     v_sigma_end, rho, reference_compat, lora, lora_scale, lora_target, random_seed,
+                     v_sigma_end, rho, reference_compat, lora, lora_scale, lora_target, video_model, motion_adapter,
+                     unet, image_model, video_model_config, image_model_config, vae, motion_lora, scheduler,
+                     timestep_spacing, beta_schedule, random_seed,
                      request: gr.Request, progress=gr.Progress()):
             given = {name: value for name, value in locals().items() if name in GENERATE_INPUTS}
             labels = {"iv_mix": "IV-mixed video", "standard": "Standard video"}

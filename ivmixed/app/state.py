@@ -21,7 +21,7 @@ from ..failures import describe_failure
 from ..flags import flag
 from ..lora_paths import resolve_lora
 from ..manifest import Manifest
-from .fields import NO_LORA, render_error, spell
+from .fields import NO_LORA, PIPELINE_OWN, render_error, spell
 from .tables import calls_table
 
 logger = logging.getLogger("ivmixed")
@@ -103,6 +103,12 @@ class App:
                 value = value.strip() or None
             if key == "lora" and value == NO_LORA:
                 value = None
+            if value == PIPELINE_OWN and SETTINGS[key].choices:
+                value = None
+            if SETTINGS[key].type is tuple and isinstance(value, str):  # one value per line
+                value = tuple(line.strip() for line in value.splitlines() if line.strip())
+            elif SETTINGS[key].type is tuple and value is None:
+                value = ()
             setting = SETTINGS[key]
             if setting.type in (int, float) and isinstance(value, str):  # a number typed into a text field
                 try:
@@ -139,6 +145,8 @@ class App:
                 continue
             if isinstance(value, bool):
                 line += [flag(key)] if value else []
+            elif isinstance(value, tuple):  # a repeatable setting: its flag once per value
+                line += [part for v in value for part in (flag(key), v)]
             elif value is not None:
                 line += [flag(key), f"{value:g}" if isinstance(value, float) else str(value)]
         if config.tiny:

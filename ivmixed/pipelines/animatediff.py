@@ -7,8 +7,10 @@ from typing import Callable, Dict, List, Optional, Union
 import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, UNet2DConditionModel
 
-from ..loading import ensure_checkpoints, loading
+from .. import single_file
+from ..loading import is_single_file, loading
 from ..registry import PIPELINES as SPECS
+from ..registry import read_config
 from .common import IVMixedSamplingMixin, guided_predictor, per_frame_predictor
 from .long_video import check_free_noise_frames, encode_frame_prompts, frames_per_image_call, uses_frame_prompts
 
@@ -57,20 +59,50 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
         image_model: str = DEFAULT_IMAGE_MODEL,
         dtype: torch.dtype = torch.float32,
         scheduler_settings: Optional[Dict] = None,
+        *,
+        video_model_config: Optional[str] = None,
+        image_model_config: Optional[str] = None,
+        vae: Optional[str] = None,
     ) -> "IVMixedAnimateDiffPipeline":
         """Build the pipeline from hub ids or local folders: an SD 1.5 base, a motion adapter, an SD 1.5 image model.
 
-        The base's scheduler is replaced by DDIM over the same betas (``scheduler_settings`` override). Missing
-        folders and hub ids that are not cached while offline raise one :class:`~ivmixed.errors.ModelLoadError`
-        before anything loads.
+        Each of the three may also be a single file (``.safetensors``/``.ckpt``, or ``owner/repo/name.safetensors``
+        on the hub; see :mod:`ivmixed.single_file`): a Civitai-style SD 1.5 checkpoint for the base and the image
+        model, built with the configs of ``video_model_config`` / ``image_model_config`` (default: the pipeline's
+        default checkpoints, from the local cache), and AnimateDiff motion modules. ``vae`` (hub id, folder or
+        single file) replaces the base's VAE. The base's scheduler is replaced by DDIM over the same betas
+        (``scheduler_settings`` override). Missing folders, files that are not checkpoints of their kind and hub
+        ids that are not cached while offline raise one :class:`~ivmixed.errors.ModelLoadError` before anything
+        loads.
         """
-        ensure_checkpoints(SPEC, video_model=video_model, motion_adapter=motion_adapter, image_model=image_model)
+        single_file.ensure_sources(SPEC, video_model=video_model, motion_adapter=motion_adapter, image_model=image_model,
+                                   video_model_config=video_model_config, image_model_config=image_model_config, vae=vae)
         with loading("motion adapter", motion_adapter, "motion_adapter"):
-            adapter = MotionAdapter.from_pretrained(motion_adapter, dtype=dtype)
+            if is_single_file(motion_adapter):
+                adapter = single_file.load_motion_adapter(motion_adapter, dtype, read_config(DEFAULT_MOTION_ADAPTER))
+            else:
+                adapter = MotionAdapter.from_pretrained(motion_adapter, dtype=dtype)
         with loading("image model", image_model, "image_model"):
-            image_unet = UNet2DConditionModel.from_pretrained(image_model, subfolder="unet", dtype=dtype)
+            if is_single_file(image_model):
+                image_unet = single_file.load_sd_file(image_model, SPEC, "image_model", image_model_config, dtype,
+                                                      ("unet",))["unet"]
+            else:
+                image_unet = UNet2DConditionModel.from_pretrained(image_model, subfolder="unet", dtype=dtype)
+        replaced = {}
+        if vae is not None:
+            with loading("VAE", vae, "vae"):
+                replaced["vae"] = single_file.load_vae(
+                    vae, dtype, single_file.video_vae_config(SPEC, video_model, video_model_config))
         with loading("video model", video_model, "video_model"):
-            pipe = cls.from_pretrained(video_model, motion_adapter=adapter, image_unet=image_unet, dtype=dtype)
+            if is_single_file(video_model):
+                parts = ("unet", "text_encoder") + (() if replaced else ("vae",))
+                base = single_file.load_sd_file(video_model, SPEC, "video_model", video_model_config, dtype, parts,
+                                                scheduler=True)
+                pipe = cls(**base, **replaced, motion_adapter=adapter, image_unet=image_unet)
+                pipe.register_to_config(_name_or_path=video_model)
+            else:
+                pipe = cls.from_pretrained(video_model, motion_adapter=adapter, image_unet=image_unet, dtype=dtype,
+                                           **replaced)
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **{**DDIM_SETTINGS, **(scheduler_settings or {})})
         return pipe
 

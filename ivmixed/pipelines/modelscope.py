@@ -9,9 +9,10 @@ import torch
 from diffusers import DDIMScheduler
 from diffusers.utils import logging
 
-from ..loading import ensure_checkpoints, loading
+from ..loading import loading
 from ..registry import PIPELINES as SPECS
 from ..sampler import ReferenceCompat
+from ..single_file import ensure_sources, load_vae
 from .animatediff import DDIM_SETTINGS
 from .text_to_video import IVMixedTextToVideoPipeline, load_image_components
 
@@ -46,15 +47,26 @@ class IVMixedModelScopePipeline(IVMixedTextToVideoPipeline):
         image_model: str = DEFAULT_IMAGE_MODEL,
         dtype: torch.dtype = torch.float32,
         scheduler_settings: Optional[Dict] = None,
+        *,
+        image_model_config: Optional[str] = None,
+        vae: Optional[str] = None,
     ) -> "IVMixedModelScopePipeline":
         """Build the pipeline from hub ids or local folders: a ModelScope checkpoint and an SD 1.5 image model.
 
-        In fp16 the video model's ``fp16`` variant is loaded when it has one. Its scheduler is replaced by DDIM
-        over the same betas (``scheduler_settings`` override). Missing folders and hub ids that are not cached
-        while offline raise one :class:`~ivmixed.errors.ModelLoadError` before anything loads.
+        The image model may also be a single-file SD 1.5 checkpoint (see :mod:`ivmixed.single_file`), built with
+        the configs of ``image_model_config`` (default: the pipeline's default image model, from the local cache);
+        ``vae`` (hub id, folder or single file) replaces the video model's VAE. In fp16 the video model's ``fp16``
+        variant is loaded when it has one. Its scheduler is replaced by DDIM over the same betas
+        (``scheduler_settings`` override). Missing folders, files that are not checkpoints of their kind and hub
+        ids that are not cached while offline raise one :class:`~ivmixed.errors.ModelLoadError` before anything
+        loads.
         """
-        ensure_checkpoints(SPEC, video_model=video_model, image_model=image_model)
-        components = load_image_components(image_model, dtype)
+        ensure_sources(SPEC, video_model=video_model, image_model=image_model, image_model_config=image_model_config,
+                       vae=vae)
+        components = load_image_components(image_model, dtype, SPEC, image_model_config)
+        if vae is not None:
+            with loading("VAE", vae, "vae"):
+                components["vae"] = load_vae(vae, dtype, video_model)
         pipe = None
         with loading("video model", video_model, "video_model"):
             if dtype == torch.float16:

@@ -16,13 +16,24 @@ from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.video_processor import VideoProcessor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from ..loading import loading
+from ..loading import is_single_file, loading
 from .common import IVMixedSamplingMixin, guided_predictor, per_frame_predictor
 
 
-def load_image_components(image_model: str, dtype: torch.dtype) -> Dict:
-    """The image model's UNet, text encoder and tokenizer from an SD 1.5-layout hub id or folder."""
+def load_image_components(image_model: str, dtype: torch.dtype, spec=None,
+                          image_model_config: Optional[str] = None) -> Dict:
+    """The image model's UNet, text encoder and tokenizer from an SD 1.5-layout hub id or folder, or from a
+    single-file SD 1.5 checkpoint built with the configs of ``image_model_config`` (default: the default image
+    model of pipeline ``spec``, a :class:`~ivmixed.registry.PipelineSpec`; ModelScope's without one)."""
     with loading("image model", image_model, "image_model"):
+        if is_single_file(image_model):
+            from ..registry import PIPELINES
+            from ..single_file import load_sd_file
+
+            parts = load_sd_file(image_model, spec or PIPELINES["ModelScope"], "image_model", image_model_config,
+                                 dtype, ("unet", "text_encoder"))
+            return {"image_unet": parts["unet"], "image_text_encoder": parts["text_encoder"],
+                    "image_tokenizer": parts["tokenizer"]}
         return {
             "image_unet": UNet2DConditionModel.from_pretrained(image_model, subfolder="unet", dtype=dtype),
             "image_text_encoder": CLIPTextModel.from_pretrained(image_model, subfolder="text_encoder", dtype=dtype),

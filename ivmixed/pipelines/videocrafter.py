@@ -7,9 +7,10 @@ from typing import Callable, Dict, List, Optional, Union
 import torch
 from diffusers import DPMSolverMultistepScheduler
 
-from ..loading import ensure_checkpoints, loading
+from ..loading import loading
 from ..models import VideoCrafterUNet3DConditionModel
 from ..registry import PIPELINES as SPECS
+from ..single_file import ensure_sources, load_vae
 from .text_to_video import IVMixedTextToVideoPipeline, load_image_components
 
 SPEC = SPECS["VideoCrafter"]
@@ -46,18 +47,28 @@ class IVMixedVideoCrafterPipeline(IVMixedTextToVideoPipeline):
         image_model: str = DEFAULT_IMAGE_MODEL,
         dtype: torch.dtype = torch.float32,
         scheduler_settings: Optional[Dict] = None,
+        *,
+        image_model_config: Optional[str] = None,
+        vae: Optional[str] = None,
     ) -> "IVMixedVideoCrafterPipeline":
         """Build the pipeline from hub ids or local folders: Zeroscope's VAE, text encoder and tokenizer, the
         VideoCrafter2 UNet (weights at the root or under ``unet/``) and an SD 1.5-family image model.
 
-        The scheduler is DPM-Solver++ (SDE) from Zeroscope's scheduler config (``scheduler_settings`` override).
-        Missing folders and hub ids that are not cached while offline raise one
+        The image model may also be a single-file SD 1.5 checkpoint (see :mod:`ivmixed.single_file`), built with
+        the configs of ``image_model_config`` (default: the pipeline's default image model, from the local cache);
+        ``vae`` (hub id, folder or single file) replaces Zeroscope's VAE. The scheduler is DPM-Solver++ (SDE) from
+        Zeroscope's scheduler config (``scheduler_settings`` override). Missing folders, files that are not
+        checkpoints of their kind and hub ids that are not cached while offline raise one
         :class:`~ivmixed.errors.ModelLoadError` before anything loads.
         """
-        ensure_checkpoints(SPEC, video_model=video_model, unet=unet, image_model=image_model)
-        components = load_image_components(image_model, dtype)
+        ensure_sources(SPEC, video_model=video_model, unet=unet, image_model=image_model,
+                       image_model_config=image_model_config, vae=vae)
+        components = load_image_components(image_model, dtype, SPEC, image_model_config)
         with loading("VideoCrafter2 UNet", unet, "unet"):
             components["unet"] = VideoCrafterUNet3DConditionModel.from_pretrained(unet, dtype=dtype)
+        if vae is not None:
+            with loading("VAE", vae, "vae"):
+                components["vae"] = load_vae(vae, dtype, video_model)
         with loading("video model", video_model, "video_model"):
             pipe = cls.from_pretrained(video_model, dtype=dtype, **components)
         pipe.scheduler = DPMSolverMultistepScheduler.from_config(
