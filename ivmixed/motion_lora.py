@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ModelLoadError, SettingError, quote_message
+from .loading import hub_file
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +134,13 @@ def locate_motion_lora(source: str) -> Tuple[Optional[MotionLoraSource], Optiona
         return None, "no such file or folder"
     if source.lower().endswith(PICKLE_SUFFIXES):
         return None, _PICKLED
-    parts = source.split("/")
-    if len(parts) >= 3 and source.lower().endswith(SUFFIX) and all(parts):
-        repo = "/".join(parts[:2])
+    in_hub = hub_file(source) if source.lower().endswith(SUFFIX) else None
+    if in_hub is not None:
+        repo, filename = in_hub
         problem = _hub_repo_problem(repo)
-        return (None, problem) if problem else (MotionLoraSource(source, "hub-file", repo=repo,
-                                                                 filename="/".join(parts[2:])), None)
+        return (None, problem) if problem else (MotionLoraSource(source, "hub-file", repo=repo, filename=filename),
+                                                None)
+    parts = source.split("/")
     if len(parts) == 2 and all(parts) and not source.lower().endswith(SUFFIX):
         problem = _hub_repo_problem(source)
         return (None, problem) if problem else (MotionLoraSource(source, "hub", repo=source), None)

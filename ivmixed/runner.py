@@ -241,7 +241,7 @@ class Runner:
         sweep_files(config.output_dir)
         sweep_files(config.output_dir, CLAIM_FILE)
         done = self.manifest.records()
-        recorded = {name for record in done.values() for name in record["files"].values()} | self.complete
+        recorded = recorded_files(done, self.complete)
         unique, todo, finished, seen = [], [], 0, set()
         for job in jobs:
             outputs = self.output_set(job)
@@ -417,40 +417,51 @@ class Runner:
     def _claim(self, group: List[Todo], planned: Dict[str, Dict[str, Any]], bar,
                passed: Optional[List[Todo]]) -> Tuple[List[Todo], List[Claim]]:
         """Claim the jobs of ``group`` still to make: those another process holds go to ``passed`` (``None``: wait
-        for them). Returns the jobs claimed, with what each still needs, and their claims."""
+        for them). Returns the jobs claimed, with what each still needs, and their claims; a stop while waiting
+        releases the claims taken so far."""
         folder = self.config.output_dir
+        held: List[Tuple[Todo, Claim]] = []
+        try:
+            for item in group:
+                key = item.outputs.fingerprint
+                taken = claim(folder, key)
+                if taken is None and passed is not None:
+                    passed.append(item)
+                    continue
+                if taken is None:
+                    logger.info("waiting for %s: another process (%s) is making it", describe_job(item.outputs.job),
+                                holder(folder, key) or "unknown")
+                    taken = wait_for_claim(folder, key, self.should_stop)
+                    if taken is None:
+                        raise RunStopped("stopped")
+                held.append((item, taken))
+        except BaseException:
+            for _, taken in held:
+                taken.release()
+            raise
+        records = self.manifest.records() if held else {}  # read once the claims are held: what others finished
+        recorded = recorded_files(records, self.complete)
         items: List[Todo] = []
         claims: List[Claim] = []
-        for item in group:
-            key = item.outputs.fingerprint
-            held = claim(folder, key)
-            if held is None and passed is not None:
-                passed.append(item)
-                continue
-            if held is None:
-                logger.info("waiting for %s: another process (%s) is making it", describe_job(item.outputs.job),
-                            holder(folder, key) or "unknown")
-                held = wait_for_claim(folder, key, self.should_stop)
-                if held is None:
-                    raise RunStopped("stopped")
-            make = self._still_to_make(item, planned)
+        for item, taken in held:
+            make = self._still_to_make(item, planned, records, recorded)
             if make:
                 items.append(replace(item, make=make))
-                claims.append(held)
+                claims.append(taken)
                 continue
-            held.release()
+            taken.release()
             logger.info("%s: made by another process", describe_job(item.outputs.job))
             self.report.skipped += 1
             bar.update(1)
         return items, claims
 
-    def _still_to_make(self, item: Todo, planned: Dict[str, Dict[str, Any]]) -> List[str]:
-        """What ``item`` needs now that it is claimed: nothing when another process recorded it since the plan."""
-        records = self.manifest.records()
+    def _still_to_make(self, item: Todo, planned: Dict[str, Dict[str, Any]], records: Dict[str, Dict[str, Any]],
+                       recorded: Set[str]) -> List[str]:
+        """What claimed ``item`` needs by the manifest's ``records`` now: nothing when another process recorded it
+        since the plan."""
         key = item.outputs.fingerprint
         if records.get(key) is not None and records.get(key) != planned.get(key):
             return []
-        recorded = {name for record in records.values() for name in record["files"].values()} | self.complete
         return self._missing(item.outputs, records.get(key), recorded) if not self.config.overwrite else item.make
 
     def _log_plan(self, plan: Plan) -> None:
@@ -639,6 +650,11 @@ class Runner:
             "batch_size": sizes,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
+
+
+def recorded_files(records: Dict[str, Dict[str, Any]], complete: Set[str]) -> Set[str]:
+    """The file names the manifest's ``records`` list, and ``complete``: the files a run may count as made."""
+    return {name for record in records.values() for name in record["files"].values()} | complete
 
 
 def read_finished_video(path: str):

@@ -1,8 +1,12 @@
 """Helpers the tests share: reading what a run wrote (the manifest's lines, the records), running the command line
-in this process, and a silent progress bar for the sampler."""
+in this process, a silent progress bar for the sampler, and a count of the host traffic a GPU would wait on."""
 
+import collections
 import json
 import os
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def manifest_lines(folder):
@@ -79,3 +83,26 @@ def no_bar(total):
             pass
 
     return Bar()
+
+
+class HostTraffic(TorchDispatchMode):
+    """Counts what makes a GPU stream wait on the host: reads of a tensor's value on the host (``.item()``,
+    ``int(t)``, indexing a host list by a device value: ``aten._local_scalar_dense``), tensors built from Python
+    data (``torch.tensor(...)``: ``aten.lift_fresh``, a host-to-device copy on a GPU) and copies between devices."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if name == "_local_scalar_dense":
+            self.counts["host_reads"] += 1
+        elif name in ("lift_fresh", "lift_fresh_copy"):
+            self.counts["host_made"] += 1
+        elif name in ("_to_copy", "copy_") and args and isinstance(args[0], torch.Tensor):
+            target = kwargs.get("device") if name == "_to_copy" else getattr(args[1], "device", None) if len(args) > 1 else None
+            if target is not None and torch.device(target) != args[0].device:
+                self.counts["device_copies"] += 1
+        return func(*args, **kwargs)

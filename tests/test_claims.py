@@ -96,3 +96,33 @@ def test_waiting_for_a_claim_ends_when_asked_to_stop(tmp_path):
     assert wait_for_claim(str(tmp_path), KEY, should_stop=lambda: asked.append(1) or len(asked) > 3, poll_s=0) is None
     assert len(asked) == 4
     held.release()
+
+
+def test_a_stop_while_waiting_releases_the_claims_already_taken(tmp_path):
+    """A long-lived caller (the web app) stopped while its batch waits for a prompt another process holds must not
+    keep the claims it took for the batch's other prompts."""
+    import pytest
+
+    from ivmixed.config import build_config
+    from ivmixed.runner import Runner
+    from ivmixed.stopping import RunStopped
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("first\nsecond\n")
+    out = tmp_path / "out"
+    runner = Runner(build_config({"prompt_file": str(prompts), "tiny": True, "batch_size": 2, "device": "cpu",
+                                  "output_dir": str(out)}), should_stop=lambda: True, progress_bars=False)
+    plan = runner.plan()
+    first, second = (item.outputs.fingerprint for item in plan.todo)
+    elsewhere = claim(str(out), second)  # another process makes the second prompt
+
+    class Bar:
+        def update(self, n):
+            pass
+
+    with pytest.raises(RunStopped):
+        runner._claim(plan.todo, plan.records, Bar(), passed=None)
+    mine = claim(str(out), first)
+    assert mine is not None  # released, though the stop came while waiting for the second
+    mine.release()
+    elsewhere.release()

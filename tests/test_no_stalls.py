@@ -1,42 +1,16 @@
 """Work a GPU would wait on: host reads of device values and tensors made from host data inside the sampling
 loop, and torch.compile graph breaks and recompiles. Counted on the tiny models on the CPU."""
 
-import collections
-
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
-from torch.utils._python_dispatch import TorchDispatchMode
-from runs import no_bar
+from runs import HostTraffic, no_bar
 
 from ivmixed.performance import apply_performance_options
 from ivmixed.sampler import IVMixedSettings, sample_iv_mixed
 from ivmixed.testing import t2v_scheduler, tiny_pipeline
 
 PIPELINES = ("Animatediff", "ModelScope", "VideoCrafter")
-
-
-class HostTraffic(TorchDispatchMode):
-    """Counts what makes a GPU stream wait on the host: reads of a tensor's value on the host (``.item()``,
-    ``int(t)``, indexing a host list by a device value: ``aten._local_scalar_dense``), tensors built from Python
-    data (``torch.tensor(...)``: ``aten.lift_fresh``, a host-to-device copy on a GPU) and copies between devices."""
-
-    def __init__(self):
-        super().__init__()
-        self.counts = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = func.overloadpacket.__name__
-        if name == "_local_scalar_dense":
-            self.counts["host_reads"] += 1
-        elif name in ("lift_fresh", "lift_fresh_copy"):
-            self.counts["host_made"] += 1
-        elif name in ("_to_copy", "copy_") and args and isinstance(args[0], torch.Tensor):
-            target = kwargs.get("device") if name == "_to_copy" else getattr(args[1], "device", None) if len(args) > 1 else None
-            if target is not None and torch.device(target) != args[0].device:
-                self.counts["device_copies"] += 1
-        return func(*args, **kwargs)
 
 
 @pytest.fixture(scope="module", params=PIPELINES)

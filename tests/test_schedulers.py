@@ -11,9 +11,8 @@ import pytest
 import torch
 from diffusers import (AnimateDiffPipeline, DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
                        EulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler)
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from runs import no_bar
+from runs import HostTraffic, no_bar
 
 from ivmixed.pipelines.animatediff import DDIM_SETTINGS
 from ivmixed.sampler import IVMixedSettings, count_network_calls, sample_iv_mixed, zigzag_stride
@@ -275,22 +274,6 @@ def test_the_ddim_path_makes_no_conversion():
 
     sample_iv_mixed(model, model, x, scheduler, 7.5, IVMixedSettings(interval_end=0), progress_bar=no_bar)
     assert firsts[0] is x
-
-
-class HostTraffic(TorchDispatchMode):
-    """Host reads of device values (``aten._local_scalar_dense``) and tensors made from host data."""
-
-    def __init__(self):
-        super().__init__()
-        self.counts = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        if name == "_local_scalar_dense":
-            self.counts["host_reads"] += 1
-        elif name in ("lift_fresh", "lift_fresh_copy"):
-            self.counts["host_made"] += 1
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("name", SCHEDULER_NAMES)
