@@ -12,6 +12,9 @@ normalisations, activations and other elementwise work are not counted (they are
 Command line: the UNet work of a full-size run, counted on the CPU without a GPU (the UNets on ``meta``)::
 
     python benchmarks/flops.py --pipeline Animatediff --steps 50      # 16 frames at the training size
+    python benchmarks/flops.py --pipeline AnimatediffSDXL --steps 50  # 16 frames at 1024x1024
+
+It also prints every network's parameter count and its fp16 weight size.
 """
 
 from __future__ import annotations
@@ -298,14 +301,17 @@ def executing_on(pipe, device) -> Iterator[None]:
         pipe.__class__ = cls
 
 
-def run_flops(pipe, call_kwargs: Dict, variants=(("standard", False), ("iv_mixed", True))) -> Dict[str, Dict]:
+def run_flops(pipe, call_kwargs: Dict, variants=(("standard", False), ("iv_mixed", True)),
+              device=None) -> Dict[str, Dict]:
     """UNet FLOPs of a call of ``pipe`` per variant, with its UNets on ``meta`` (see :func:`shapes_only`) and
-    the rest on one real device; ``output_type="latent"`` skips decoding. Returns, per variant, the guided calls
-    and :func:`count_recorded`."""
+    the rest on one real device (``device``, default: the text encoder's; with the text encoders on ``meta``
+    too, pass the prompt embeddings in ``call_kwargs`` on ``device``); ``output_type="latent"`` skips decoding.
+    Returns, per variant, the guided calls and :func:`count_recorded`."""
     unets = {"video": pipe.unet}
     if getattr(pipe, "image_unet", None) is not None:
         unets["image"] = pipe.image_unet
-    real = [p.device for p in pipe.text_encoder.parameters()][:1] or [torch.device("cpu")]
+    real = [torch.device(device)] if device is not None else (
+        [p.device for p in pipe.text_encoder.parameters()][:1] or [torch.device("cpu")])
     results = {}
     for name, iv_mixed in variants:
         recorder = CallRecorder()
@@ -323,6 +329,25 @@ def run_flops(pipe, call_kwargs: Dict, variants=(("standard", False), ("iv_mixed
 def per_guided_call(models: Dict[str, Dict], network_calls: Dict[str, int]) -> Dict[str, Optional[float]]:
     """FLOPs per guided call of each model (a guided call may be several forwards when frames are split)."""
     return {m: (models[m]["flops"] / network_calls[m] if network_calls.get(m) else None) for m in models}
+
+
+# The pipeline components whose weights count, in the order they are printed.
+WEIGHTED_COMPONENTS = ("unet", "image_unet", "motion_adapter", "text_encoder", "text_encoder_2", "image_text_encoder",
+                       "image_text_encoder_2", "vae")
+
+
+def parameter_counts(pipe) -> Dict[str, Dict]:
+    """Parameters of each network of ``pipe`` (on any device, ``meta`` included): ``{component: {"class",
+    "parameters", "fp16_gb"}}``, fp16 GB = 2 bytes a parameter / 1e9. Diffusers' AnimateDiff pipelines keep the
+    ``motion_adapter`` registered beside the motion UNet that was built from it (which holds copies of its
+    weights), so it is listed on its own: ``pipe.to(device)`` moves it too."""
+    out = {}
+    for name in WEIGHTED_COMPONENTS:
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module):
+            n = sum(p.numel() for p in _plain(module).parameters())
+            out[name] = {"class": type(_plain(module)).__name__, "parameters": n, "fp16_gb": 2 * n / 1e9}
+    return out
 
 
 def main(argv: Optional[List[str]] = None) -> Dict:
@@ -351,6 +376,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     kwargs = dict(prompt="a red fox running through fresh snow", negative_prompt="blurry", num_frames=args.frames,
                   height=height, width=width, num_inference_steps=args.steps,
                   generator=torch.Generator("cpu").manual_seed(0))
+    params = parameter_counts(pipe)
+    print(f"{args.pipeline} at full size: parameters (fp16 GB = 2 bytes each)")
+    for name, entry in params.items():
+        print(f"  {name} ({entry['class']}): {entry['parameters']:,} ({entry['fp16_gb']:.3f} GB)")
     results = run_flops(pipe, kwargs)
     print(f"{args.pipeline}, {args.frames} frames, {height}x{width} px, {args.steps} steps: UNet work")
     for name, r in results.items():
@@ -359,6 +388,12 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         parts = ", ".join(f"{m} {r['network_calls'][m]} guided calls x "
                           f"{per_call[m] / 1e12:.2f} TFLOP" for m in r["models"] if per_call[m])
         print(f"  {name}: {total / 1e15:.3f} PFLOP ({parts})")
+        for m, entry in r["models"].items():
+            for sig in entry["signatures"]:
+                sample = sig["inputs"].split("]")[0] + "]"  # the first positional input: the latents
+                print(f"    {m} UNet forward, sample {sample}: {sig['calls']} calls x "
+                      f"{sig['flops_per_call'] / 1e12:.4f} TFLOP")
+    results["parameters"] = params
     return results
 
 

@@ -4,15 +4,20 @@ FLOPs, without a download. The tokenizer is the tiny character-level one of :mod
 from __future__ import annotations
 
 import os
-from typing import Dict
+from dataclasses import dataclass
+from typing import Callable, Dict, Tuple
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel, UNet3DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, MotionAdapter, UNet2DConditionModel,
+                       UNet3DConditionModel)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from ivmixed.models import VideoCrafterUNet3DConditionModel
+from ivmixed.pipelines.animatediff import DDIM_SETTINGS
+from ivmixed.pipelines.animatediff_sdxl import SDXL_DDIM_SETTINGS
+from ivmixed.pipelines.videocrafter import DPM_SETTINGS
 from ivmixed.registry import PIPELINES
-from ivmixed.testing import SPECIAL_TOKENS, sd_scheduler, t2v_scheduler, tiny_tokenizer
+from ivmixed.testing import SPECIAL_TOKENS, sd_scheduler, sdxl_scheduler, t2v_scheduler, tiny_tokenizer
 
 SD15_UNET_CONFIG = dict(
     sample_size=64,
@@ -48,8 +53,6 @@ SD_VAE_CONFIG = dict(
     sample_size=512,
     scaling_factor=0.18215,
 )
-# The resolution each video model was trained at (height, width in pixels).
-FULL_SIZE = {"Animatediff": (512, 512), "ModelScope": (256, 256), "VideoCrafter": (320, 512)}
 # ali-vilab/text-to-video-ms-1.7b's UNet (UNet3DConditionModel's defaults at 256 px)
 MODELSCOPE_UNET_CONFIG = dict(
     sample_size=32,
@@ -73,9 +76,134 @@ OPEN_CLIP_H_TEXT_CONFIG = dict(  # ModelScope's and Zeroscope's OpenCLIP ViT-H/1
 )
 
 
-def _full_text_encoder(config: Dict) -> CLIPTextModel:
-    return CLIPTextModel(CLIPTextConfig(**config, bos_token_id=_TINY_VOCAB - 2, eos_token_id=_TINY_VOCAB - 1,
-                                        pad_token_id=_TINY_VOCAB - 1)).eval()
+# stabilityai/stable-diffusion-xl-base-1.0, unet/config.json (the values that differ from UNet2DConditionModel's
+# defaults, and the block layout): three levels, no attention at the first, 1/2/10 transformer layers at the
+# others, cross-attention over both text encoders' widths (768 + 1280), and the pooled embedding (1280) plus the
+# six size numbers (6 x 256) added to the time embedding.
+SDXL_UNET_CONFIG = dict(
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(320, 640, 1280),
+    layers_per_block=2,
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_embed_type_num_heads=64,
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+    norm_num_groups=32,
+)
+# guoyww/animatediff-motion-adapter-sdxl-beta: motion modules at the three SDXL levels, none in the mid block;
+# heads, window and mid-block setting from the AnimateDiff sdxl branch's configs/inference/inference.yaml
+# (num_attention_heads 8, one temporal transformer block, temporal_position_encoding_max_len 32,
+# motion_module_mid_block false); two motion layers per down block (three per up block) follow SDXL's
+# layers_per_block, as UNetMotionModel.from_unet2d requires.
+MOTION_ADAPTER_SDXL_BETA_CONFIG = dict(
+    block_out_channels=(320, 640, 1280),
+    motion_layers_per_block=2,
+    motion_mid_block_layers_per_block=1,
+    motion_num_attention_heads=8,
+    motion_norm_num_groups=32,
+    motion_max_seq_length=32,
+    use_motion_mid_block=False,
+)
+# stabilityai/stable-diffusion-xl-base-1.0, vae/config.json: SD's VAE architecture at 1024 px, its own scaling
+# factor, and force_upcast (it overflows in fp16, so the pipeline decodes in fp32).
+SDXL_VAE_CONFIG = dict(SD_VAE_CONFIG, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+# SDXL's second text encoder: OpenCLIP ViT-bigG/14's text tower with its projection (CLIPTextModelWithProjection;
+# the projection gives the pooled embedding); the first is CLIP_L_TEXT_CONFIG.
+OPEN_CLIP_BIGG_TEXT_CONFIG = dict(
+    vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+    max_position_embeddings=77, hidden_act="gelu", projection_dim=1280,
+)
+
+
+def _full_text_encoder(config: Dict, cls=CLIPTextModel):
+    return cls(CLIPTextConfig(**config, bos_token_id=_TINY_VOCAB - 2, eos_token_id=_TINY_VOCAB - 1,
+                              pad_token_id=_TINY_VOCAB - 1)).eval()
+
+
+# -- what each pipeline is built from -------------------------------------------------------------------------
+# Each builder returns keyword arguments of the pipeline class. ``text`` runs on ``device`` (it gets the folder
+# for the tokenizers), ``unets`` on ``unet_device``; the pipeline class is constructed inside the UNet device's
+# context, since AnimateDiff's constructors build the motion UNet from the 2D UNet and the adapter.
+
+
+def _sd_text(folder: str) -> Dict:
+    return dict(text_encoder=_full_text_encoder(CLIP_L_TEXT_CONFIG),
+                tokenizer=tiny_tokenizer(os.path.join(folder, "tokenizer")))
+
+
+def _t2v_text(folder: str) -> Dict:
+    return dict(
+        text_encoder=_full_text_encoder(OPEN_CLIP_H_TEXT_CONFIG),
+        tokenizer=tiny_tokenizer(os.path.join(folder, "tokenizer")),
+        image_text_encoder=_full_text_encoder(CLIP_L_TEXT_CONFIG),
+        image_tokenizer=tiny_tokenizer(os.path.join(folder, "image_tokenizer")),
+    )
+
+
+def _sdxl_text(folder: str) -> Dict:
+    """SDXL's two encoders; the image UNet (also SDXL base) shares them, as the pipeline's default does."""
+    return dict(
+        text_encoder=_full_text_encoder(CLIP_L_TEXT_CONFIG),
+        text_encoder_2=_full_text_encoder(OPEN_CLIP_BIGG_TEXT_CONFIG, CLIPTextModelWithProjection),
+        tokenizer=tiny_tokenizer(os.path.join(folder, "tokenizer")),
+        tokenizer_2=tiny_tokenizer(os.path.join(folder, "tokenizer_2")),
+    )
+
+
+def _scheduler(cls, base, settings: Dict):
+    """``cls`` from the config of the scheduler the checkpoint ships (``base``), with the pipeline's settings."""
+    return lambda: cls.from_config(base().config, **settings)
+
+
+def _motion(unet_config: Dict, adapter_config: Dict):
+    return lambda: dict(unet=UNet2DConditionModel(**unet_config).eval(),
+                        motion_adapter=MotionAdapter(**adapter_config).eval())
+
+
+@dataclass(frozen=True)
+class FullSizeModels:
+    size: Tuple[int, int]  # the resolution the video model was trained at (height, width in pixels)
+    vae: Dict  # AutoencoderKL config
+    text: Callable[[str], Dict]  # text encoders and tokenizers (the tokenizers written under the folder)
+    scheduler: Callable[[], object]
+    image_unet: Dict  # UNet2DConditionModel config of the image model
+    unets: Callable[[], Dict]  # the video model: ``unet`` (and ``motion_adapter``)
+
+
+FULL_SIZE_MODELS: Dict[str, FullSizeModels] = {
+    "Animatediff": FullSizeModels(
+        size=(512, 512), vae=SD_VAE_CONFIG, text=_sd_text,
+        scheduler=_scheduler(DDIMScheduler, sd_scheduler, DDIM_SETTINGS),
+        image_unet=SD15_UNET_CONFIG, unets=_motion(SD15_UNET_CONFIG, MOTION_ADAPTER_V153_CONFIG),
+    ),
+    "ModelScope": FullSizeModels(
+        size=(256, 256), vae=SD_VAE_CONFIG, text=_t2v_text,
+        scheduler=_scheduler(DDIMScheduler, t2v_scheduler, DDIM_SETTINGS),
+        image_unet=SD15_UNET_CONFIG,
+        unets=lambda: dict(unet=UNet3DConditionModel(**MODELSCOPE_UNET_CONFIG).eval()),
+    ),
+    "VideoCrafter": FullSizeModels(
+        size=(320, 512), vae=SD_VAE_CONFIG, text=_t2v_text,
+        scheduler=_scheduler(DPMSolverMultistepScheduler, t2v_scheduler, DPM_SETTINGS),
+        image_unet=SD15_UNET_CONFIG,
+        unets=lambda: dict(unet=VideoCrafterUNet3DConditionModel(**VIDEOCRAFTER_UNET_CONFIG).eval()),
+    ),
+    "AnimatediffSDXL": FullSizeModels(
+        size=(1024, 1024), vae=SDXL_VAE_CONFIG, text=_sdxl_text,
+        scheduler=_scheduler(DDIMScheduler, sdxl_scheduler, SDXL_DDIM_SETTINGS),
+        image_unet=SDXL_UNET_CONFIG, unets=_motion(SDXL_UNET_CONFIG, MOTION_ADAPTER_SDXL_BETA_CONFIG),
+    ),
+}
+# The resolution each video model was trained at (height, width in pixels).
+FULL_SIZE = {name: models.size for name, models in FULL_SIZE_MODELS.items()}
 
 
 def full_size_pipeline(pipeline: str, folder: str, dtype: torch.dtype = torch.float32, device="cpu", seed: int = 0,
@@ -87,44 +215,18 @@ def full_size_pipeline(pipeline: str, folder: str, dtype: torch.dtype = torch.fl
     (and AnimateDiff's motion adapter) elsewhere: ``"meta"`` gives shapes without weights, for counting FLOPs
     on a machine that could not hold or run them (``flops.py``).
     """
-    from diffusers import DPMSolverMultistepScheduler
-
-    from ivmixed.pipelines.animatediff import DDIM_SETTINGS
-    from ivmixed.pipelines.videocrafter import DPM_SETTINGS
-
+    models = FULL_SIZE_MODELS.get(pipeline)
+    if models is None:
+        raise ValueError(f"no full-size architecture for pipeline {pipeline!r}")
     unet_device = device if unet_device is None else unet_device
     torch.manual_seed(seed)
     with torch.device(device):
-        vae = AutoencoderKL(**SD_VAE_CONFIG).eval()
-        if pipeline == "Animatediff":
-            components = dict(
-                text_encoder=_full_text_encoder(CLIP_L_TEXT_CONFIG),
-                tokenizer=tiny_tokenizer(os.path.join(folder, "tokenizer")),
-                scheduler=DDIMScheduler.from_config(sd_scheduler().config, **DDIM_SETTINGS),
-            )
-        elif pipeline in ("ModelScope", "VideoCrafter"):
-            components = dict(
-                text_encoder=_full_text_encoder(OPEN_CLIP_H_TEXT_CONFIG),
-                tokenizer=tiny_tokenizer(os.path.join(folder, "tokenizer")),
-                image_text_encoder=_full_text_encoder(CLIP_L_TEXT_CONFIG),
-                image_tokenizer=tiny_tokenizer(os.path.join(folder, "image_tokenizer")),
-            )
-            scheduler = t2v_scheduler().config
-            components["scheduler"] = (
-                DDIMScheduler.from_config(scheduler, **DDIM_SETTINGS) if pipeline == "ModelScope"
-                else DPMSolverMultistepScheduler.from_config(scheduler, **DPM_SETTINGS)
-            )
-        else:
-            raise ValueError(f"no full-size architecture for pipeline {pipeline!r}")
+        vae = AutoencoderKL(**models.vae).eval()
+        components = models.text(folder)
+    components["scheduler"] = models.scheduler()  # schedulers keep their tables on the CPU
     with torch.device(unet_device):
-        image_unet = UNet2DConditionModel(**SD15_UNET_CONFIG).eval()
-        if pipeline == "Animatediff":
-            components["unet"] = UNet2DConditionModel(**SD15_UNET_CONFIG).eval()
-            components["motion_adapter"] = MotionAdapter(**MOTION_ADAPTER_V153_CONFIG).eval()
-        elif pipeline == "ModelScope":
-            components["unet"] = UNet3DConditionModel(**MODELSCOPE_UNET_CONFIG).eval()
-        else:
-            components["unet"] = VideoCrafterUNet3DConditionModel(**VIDEOCRAFTER_UNET_CONFIG).eval()
-        # inside the device context: AnimateDiff's constructor builds the motion UNet from the 2D one
+        image_unet = UNet2DConditionModel(**models.image_unet).eval()
+        components.update(models.unets())
+        # inside the device context: AnimateDiff's constructors build the motion UNet from the 2D one
         pipe = PIPELINES[pipeline].pipeline_class()(vae=vae, image_unet=image_unet, **components)
     return pipe.to(dtype=dtype)

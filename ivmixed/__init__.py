@@ -15,6 +15,7 @@ __version__ = "0.2.0"
 
 _LAZY = {
     "IVMixedAnimateDiffPipeline": ".pipelines",
+    "IVMixedAnimateDiffSDXLPipeline": ".pipelines",
     "IVMixedModelScopePipeline": ".pipelines",
     "IVMixedPipelineOutput": ".pipelines",
     "IVMixedTextToVideoPipeline": ".pipelines",

@@ -460,6 +460,9 @@ def check(config: RunConfig) -> Tuple[SettingWarning, ...]:
                           video_model_config=config.video_model_config, require_cached_configs=True)
         except ModelLoadError as exc:  # a bad value, found before loading
             raise ConfigError(exc.template) from None
+    if config.reference_compat and spec.reference_compat is None:
+        raise ConfigError(f"{{reference_compat}} reproduces the published IV-mixed code, which has no {spec.name} "
+                          "pipeline; drop {reference_compat}")
     if config.reference_compat and config.inference_step > REFERENCE_MAX_STEPS:
         raise ConfigError(f"{{reference_compat}} supports at most {REFERENCE_MAX_STEPS} {{inference_step}} (the "
                           f"published code's guidance tables have {REFERENCE_MAX_STEPS} entries), got {config.inference_step}")

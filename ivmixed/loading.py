@@ -186,7 +186,10 @@ def ensure_available(needed: Sequence[Tuple[str, str, str, Any]], file_keys: Col
 def single_file_keys(spec) -> Tuple[str, ...]:
     """The settings of pipeline ``spec`` (a :class:`~ivmixed.registry.PipelineSpec`) that also take a single-file
     checkpoint: every image model and ``vae``; an SD 1.5 base with motion modules (Animatediff) and its motion
-    adapter. What each file must hold is :mod:`ivmixed.single_file`'s to check."""
+    adapter. What each file must hold is :mod:`ivmixed.single_file`'s to check. An SDXL pipeline takes a single
+    file only as its ``vae``: its models are diffusers folders or hub ids."""
+    if spec.family != "Stable Diffusion 1.5":
+        return ("vae",)
     return ("image_model", "vae") + (("video_model", "motion_adapter") if spec.takes("motion_adapter") else ())
 
 

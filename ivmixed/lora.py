@@ -23,10 +23,31 @@ wrong, as measured on the tiny models:
 Names are mapped by kohya's own rule (module path, dots as underscores, see :func:`kohya_layer_names`), which
 gives the same modules as diffusers' conversion for every linear and conv layer of SD 1.5 (282 UNet and 72 text
 encoder layers, checked), and handed to diffusers in peft's format (``<module>.lora_A.weight``).
+
+SDXL (an image UNet with ``addition_embed_type="text_time"``): kohya's sd-scripts trains SDXL on the original
+(SGM/ldm) UNet, so its files name UNet layers ``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q``,
+``lora_unet_middle_block_...``, ``lora_unet_output_blocks_...``, and the two text encoders ``lora_te1_...`` and
+``lora_te2_...``. Those UNet names are mapped by diffusers' own SDXL conversion
+(``StableDiffusionXLLoraLoaderMixin.lora_state_dict`` with the UNet's config, then
+``convert_unet_state_dict_to_peft``), one layer at a time, which on the tiny SDXL UNet gives the right module
+for all 85 of its linear and conv layers (see :func:`sdxl_unet_layer_names`); kohya's own rule covers files in
+diffusers' layout. diffusers' alphas are not used: through ``StableDiffusionXLPipeline.load_lora_weights``
+and ``fuse_lora``, a file whose alphas differed between layers had its attention projections fused at the
+file's most common alpha (``attn1.to_q`` with alpha/rank 2/4 got 1/4, ``attn2.to_k`` with 8/2 got 1/2; their
+alphas come back as ``...processor.to_q_lora.down.weight.alpha``, a name peft never matches), while ``ff``,
+``proj_in`` and resnet convs got their own; so here too ``alpha / rank`` is folded into ``lora_up``. The text
+encoders' names follow kohya's rule, as for SD 1.5.
+
+A LoRA made for the other family is refused in one line before anything changes (:func:`check_lora_family`):
+by its text-encoder prefixes (``lora_te_`` is SD 1.x/2.x, ``lora_te1_``/``lora_te2_`` SDXL) and by the width of
+the text context its cross-attention ``to_k``/``to_v`` layers take (SD 1.x 768, SD 2.x 1024, SDXL 2048), which
+must be the UNet's ``cross_attention_dim``. Without this, an SD 1.5 LoRA would partly fit an SDXL UNet: layers
+such as ``down_blocks.1``'s self-attention have the same names and shapes in both.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -35,9 +56,9 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from diffusers import ModelMixin, StableDiffusionPipeline, UNet2DConditionModel
-from diffusers.loaders import StableDiffusionLoraLoaderMixin
+from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
 from diffusers.loaders.lora_base import fuse_text_encoder_lora
-from diffusers.utils import recurse_remove_peft_layers
+from diffusers.utils import convert_unet_state_dict_to_peft, recurse_remove_peft_layers
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import CLIPTextModel
@@ -54,6 +75,9 @@ logger = logging.getLogger(__name__)
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 _PARTS = {_DOWN, _UP, _ALPHA}
 _ADAPTER = "ivmixed_lora"  # fused and unloaded at once, so one name serves every load
+SD, SDXL = "Stable Diffusion 1.x", "SDXL"  # the model families, as messages name them
+SDXL_TEXT_ENCODER_PREFIXES = ("lora_te1", "lora_te2")  # kohya's prefixes of SDXL's two text encoders
+_CONTEXT_FAMILIES = {768: "Stable Diffusion 1.x", 1024: "Stable Diffusion 2.x", 2048: SDXL}  # cross-attention width
 
 
 def read_lora_file(path: str) -> Dict[str, torch.Tensor]:
@@ -78,6 +102,96 @@ def kohya_layer_names(model: torch.nn.Module, prefix: str) -> Dict[str, str]:
         for name, module in model.named_modules()
         if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))
     }
+
+
+def is_sdxl_unet(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is an SDXL-layout UNet: the pooled text embedding and size numbers added to the time
+    embedding (``addition_embed_type="text_time"``), as SDXL's UNet and the motion UNet built on it have."""
+    config = getattr(model, "config", None)
+    return hasattr(config, "get") and config.get("addition_embed_type") == "text_time"
+
+
+def _is_unet(model: torch.nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    return hasattr(config, "get") and config.get("cross_attention_dim") is not None
+
+
+def model_family(unet: torch.nn.Module) -> str:
+    return SDXL if is_sdxl_unet(unet) else SD
+
+
+def sdxl_unet_layer_names(unet: torch.nn.Module, prefix: str, names) -> Dict[str, str]:
+    """Map the kohya names ``names`` of an SDXL UNet's layers (SGM layout, ``<prefix>_input_blocks_4_1_...``, or
+    diffusers') to ``unet``'s module paths, with diffusers' SDXL conversion, one layer at a time (so one name it
+    cannot convert costs only that layer). Names it maps to no linear or conv layer of ``unet`` are left out."""
+    layers = {name for name, module in unet.named_modules() if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))}
+    probe = torch.zeros(0)
+    out = {}
+    for name in names:
+        if not name.startswith(prefix + "_"):
+            continue
+        kohya = UNET_PREFIX + name[len(prefix):]  # diffusers converts kohya's own prefix only
+        try:
+            converted, _ = StableDiffusionXLLoraLoaderMixin.lora_state_dict(
+                {kohya + _DOWN: probe, kohya + _UP: probe}, unet_config=unet.config
+            )
+            peft = convert_unet_state_dict_to_peft({key.removeprefix("unet."): v for key, v in converted.items()})
+        except (ValueError, IndexError, KeyError, AttributeError):  # a name outside SDXL's block structure
+            continue
+        paths = [key[: -len(".lora_A.weight")] for key in peft if key.endswith(".lora_A.weight")]
+        if len(paths) == 1 and paths[0] in layers:
+            out[name] = paths[0]
+    return out
+
+
+def _layer_names(model: torch.nn.Module, prefix: str, names) -> Dict[str, str]:
+    """kohya name -> module path for the layers of ``model`` that ``names`` may name."""
+    mapped = kohya_layer_names(model, prefix)
+    if is_sdxl_unet(model):
+        mapped.update(sdxl_unet_layer_names(model, prefix, names))
+    return mapped
+
+
+def _text_layers(layers, prefixes: Tuple[str, ...]) -> List[str]:
+    return sorted(name for name in layers if name.startswith(tuple(p + "_" for p in prefixes)))
+
+
+def check_lora_family(
+    layers: Dict[str, Dict[str, torch.Tensor]],
+    unet: torch.nn.Module,
+    source: str = "the LoRA",
+    prefix: str = UNET_PREFIX,
+    what: str = "the model",
+) -> None:
+    """Refuse a LoRA made for another model family than ``unet``'s (SD 1.x or SDXL), with a one-line
+    ``ValueError``: by its text-encoder prefixes, and by the text width its cross-attention ``to_k``/``to_v``
+    layers (``prefix`` ones) take. ``layers``: the LoRA's layers, ``{name: {suffix: tensor}}``."""
+    family = model_family(unet)
+    sd_text, xl_text = _text_layers(layers, (TEXT_ENCODER_PREFIX,)), _text_layers(layers, SDXL_TEXT_ENCODER_PREFIXES)
+    if family == SDXL and sd_text and not xl_text:
+        raise ValueError(
+            f"{source} is a LoRA for {SD} (its text-encoder layers are {TEXT_ENCODER_PREFIX}_..., SDXL's are "
+            f"lora_te1_.../lora_te2_...) and {what} is SDXL; pass a LoRA made for SDXL"
+        )
+    if family == SD and xl_text and not sd_text:
+        raise ValueError(
+            f"{source} is a LoRA for SDXL (its text-encoder layers are lora_te1_.../lora_te2_...) and {what} is "
+            f"{SD}; pass a LoRA made for {SD}"
+        )
+    context = unet.config.get("cross_attention_dim")
+    widths = {int(w) for w in (context if isinstance(context, (list, tuple)) else [context])}
+    for name in sorted(layers):
+        down = layers[name].get(_DOWN)
+        if (name.startswith(prefix + "_") and name.endswith(("attn2_to_k", "attn2_to_v"))
+                and "motion_modules" not in name and down is not None and down.ndim == 2
+                and down.shape[1] not in widths):
+            width = down.shape[1]
+            made_for = _CONTEXT_FAMILIES.get(width, "another model family")
+            raise ValueError(
+                f"{source} is a LoRA for {made_for}: its cross-attention layers ({name}) take a {width}-wide text "
+                f"context, and {what} ({family}) takes {'/'.join(map(str, sorted(widths)))}; pass a LoRA made for "
+                f"{family}"
+            )
 
 
 def _group_layers(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, Dict[str, torch.Tensor]], List[str]]:
@@ -127,16 +241,21 @@ def merge_lora(
 ) -> Dict[str, object]:
     """Fuse ``W += scale * (alpha / rank) * up @ down`` into every layer of ``targets`` the kohya file names.
 
-    ``targets`` pairs a kohya prefix (``"lora_unet"``, ``"lora_te"``) with the UNet or text encoder it names; a
-    prefix may appear twice (one LoRA into two UNets). LoRA layers that match no model layer by name and shape
-    are logged as a warning; if none matches, ``ValueError`` is raised and no model is changed.
+    ``targets`` pairs a kohya prefix (``"lora_unet"``, ``"lora_te"``, or SDXL's ``"lora_te1"``/``"lora_te2"``)
+    with the UNet or text encoder it names; a prefix may appear twice (one LoRA into two UNets). An SDXL UNet's
+    layers are also found by their SGM names (:func:`sdxl_unet_layer_names`). A LoRA for another model family
+    than a target UNet's is refused (:func:`check_lora_family`). LoRA layers that match no model layer by name
+    and shape are logged as a warning; if none matches, ``ValueError`` is raised. Either way no model is changed.
     Returns ``{"merged_layers": count, "unmatched": [names]}``.
     """
     layers, unmatched = _group_layers(state_dict)
+    for prefix, model in targets:
+        if _is_unet(model):
+            check_lora_family(layers, model, source, prefix)
     plans = []
     matched = set()
     for prefix, model in targets:
-        names = kohya_layer_names(model, prefix)
+        names = _layer_names(model, prefix, layers)
         modules = dict(model.named_modules())
         hits = {
             name: parts for name, parts in layers.items()
@@ -148,9 +267,10 @@ def merge_lora(
     unmatched = sorted(unmatched + [name for name in layers if name not in matched])
     if not matched:
         prefixes = sorted({prefix for prefix, _ in targets})
+        family = SDXL if any(is_sdxl_unet(model) for _, model in targets) else SD
         raise ValueError(
             f"no layer of {source} matches a layer of the model (looked for prefixes {prefixes}); "
-            "is it a kohya-format LoRA for Stable Diffusion 1.x?"
+            f"is it a kohya-format LoRA for {family}?"
         )
     if unmatched:
         logger.warning(
@@ -253,6 +373,25 @@ def _replace_image_model(pipe, folder: str) -> None:
         pipe.register_modules(image_text_encoder=encoder.to(old_encoder.device))
 
 
+def _folder_family(folder: str) -> Optional[str]:
+    """The family of a converted folder's UNet, from its config (None where it cannot be read)."""
+    try:
+        with open(os.path.join(folder, "unet", "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return SDXL if isinstance(config, dict) and config.get("addition_embed_type") == "text_time" else SD
+
+
+def _text_targets(unet: torch.nn.Module, first, second) -> List[Tuple[str, torch.nn.Module]]:
+    """The text encoders that go with ``unet`` (``second``: SDXL's other one), each with its kohya prefix."""
+    if is_sdxl_unet(unet):
+        pairs = zip(SDXL_TEXT_ENCODER_PREFIXES, (first, second))
+    else:
+        pairs = [(TEXT_ENCODER_PREFIX, first)]
+    return [(prefix, encoder) for prefix, encoder in pairs if encoder is not None]
+
+
 def apply_lora_to_pipeline(
     pipe,
     spec: str,
@@ -262,11 +401,14 @@ def apply_lora_to_pipeline(
 ) -> Dict[str, object]:
     """Apply the LoRA ``spec`` names (see :func:`resolve_lora`) to an IV-mixed pipeline, fused into its weights.
 
-    ``target``: ``"image"`` (``pipe.image_unet``, and ``pipe.image_text_encoder`` where the image model has its
-    own), ``"video"`` (``pipe.unet`` and ``pipe.text_encoder``) or ``"both"``. A ``.safetensors`` file is loaded
-    directly at strength ``scale`` (default :data:`DEFAULT_ALPHA`, the converter's default, so both routes give
-    the same model). A converted folder replaces the image model; its strength was fixed at conversion, so
-    ``scale`` does not apply. Call this before enabling CPU offload. Returns a record for the run's JSON.
+    ``target``: ``"image"`` (``pipe.image_unet``, and the image model's own text encoders where it has them:
+    ``pipe.image_text_encoder``, and for SDXL ``pipe.image_text_encoder_2``), ``"video"`` (``pipe.unet`` and the
+    video model's text encoders) or ``"both"``. An SDXL image UNet (``addition_embed_type="text_time"``) takes
+    SDXL kohya files (SGM block names, ``lora_te1_``/``lora_te2_`` text encoders, see the module docstring); a
+    LoRA for the other family is refused. A ``.safetensors`` file is loaded directly at strength ``scale``
+    (default :data:`DEFAULT_ALPHA`, the converter's default, so both routes give the same model). A converted
+    (Stable Diffusion 1.x) folder replaces the image model; its strength was fixed at conversion, so ``scale``
+    does not apply. Call this before enabling CPU offload. Returns a record for the run's JSON.
     """
     if target not in TARGETS:
         raise ValueError(f"LoRA target must be one of {', '.join(TARGETS)}, not {target!r}")
@@ -281,6 +423,12 @@ def apply_lora_to_pipeline(
                 f"{path} is a converted Stable Diffusion folder and can only replace the image model; "
                 "pass the LoRA's .safetensors file to apply it to the video model"
             )
+        family, folder_family = model_family(pipe.image_unet), _folder_family(path)
+        if folder_family is not None and folder_family != family:
+            raise ValueError(
+                f"{path} is a converted {folder_family} folder and the image model is {family}; pass a LoRA "
+                f".safetensors file made for {family}"
+            )
         if scale is not None:
             logger.warning("LoRA scale %s ignored: converted folder %s was merged at its --alpha", scale, path)
         _replace_image_model(pipe, path)
@@ -289,25 +437,34 @@ def apply_lora_to_pipeline(
 
     scale = DEFAULT_ALPHA if scale is None else scale
     record["scale"] = scale
-    targets = []
+    targets, unets = [], []
     if target in ("image", "both"):
+        unets.append(("the image model", pipe.image_unet))
         targets.append((UNET_PREFIX, pipe.image_unet))
-        if getattr(pipe, "image_text_encoder", None) is not None:
-            targets.append((TEXT_ENCODER_PREFIX, pipe.image_text_encoder))
+        targets += _text_targets(pipe.image_unet, getattr(pipe, "image_text_encoder", None),
+                                 getattr(pipe, "image_text_encoder_2", None))
     if target in ("video", "both"):
         if not hasattr(pipe.unet, "load_lora_adapter"):
             raise ValueError(
                 f"the video model's {type(pipe.unet).__name__} cannot take a LoRA; use --lora-target image"
             )
-        targets += [(UNET_PREFIX, pipe.unet), (TEXT_ENCODER_PREFIX, pipe.text_encoder)]
+        unets.append(("the video model", pipe.unet))
+        targets.append((UNET_PREFIX, pipe.unet))
+        targets += _text_targets(pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None))
     state_dict = read_lora_file(path)
-    if not any(prefix == TEXT_ENCODER_PREFIX for prefix, _ in targets):
-        left_out = {key.partition(".")[0] for key in state_dict if key.startswith(TEXT_ENCODER_PREFIX + "_")}
-        if left_out:
-            logger.info(
-                "%d text-encoder layers of %s not applied: the image model shares the video model's text "
-                "encoder (target 'both' applies them to it)", len(left_out), path,
-            )
+    layers, _ = _group_layers(state_dict)
+    for what, unet in unets:  # before the text-encoder layers are set aside: their prefixes tell the family too
+        check_lora_family(layers, unet, path, what=what)
+    sdxl = is_sdxl_unet(unets[0][1])
+    text_prefixes = SDXL_TEXT_ENCODER_PREFIXES if sdxl else (TEXT_ENCODER_PREFIX,)
+    taken = {prefix for prefix, _ in targets}
+    skipped = tuple(f"{prefix}_" for prefix in text_prefixes if prefix not in taken)
+    left_out = {key.partition(".")[0] for key in state_dict if skipped and key.startswith(skipped)}
+    if left_out:
+        logger.info(
+            "%d text-encoder layers of %s not applied: the image model shares the video model's text encoder%s",
+            len(left_out), path, "s" if sdxl else " (target 'both' applies them to it)",
+        )
         state_dict = {key: value for key, value in state_dict.items() if key.partition(".")[0] not in left_out}
     record.update(merge_lora(state_dict, targets, scale, source=path))
     return record

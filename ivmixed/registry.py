@@ -48,10 +48,15 @@ class PipelineSpec:
     # Settings that change the standard (baseline) video too, beyond the ones every pipeline shares.
     standard_options: Tuple[str, ...] = field(default=())
     # What --reference-compat reproduces of the published code for this pipeline (the pipeline class's
-    # ``reference_compat_options``), as plain data so settings are checked against it without importing torch.
-    reference_compat: ReferenceCompat = field(default_factory=ReferenceCompat)
+    # ``reference_compat_options``), as plain data so settings are checked against it without importing torch;
+    # None where the published code has no such pipeline (--reference-compat is refused).
+    reference_compat: Optional[ReferenceCompat] = field(default_factory=ReferenceCompat)
     # Frames the pipeline's VAE decodes at once (None: all of them), for the memory estimate.
     decode_chunk: Optional[int] = None
+    # "module:function" writing the tiny random checkpoints of --tiny under a folder (see ivmixed.testing).
+    tiny_builder: str = ""
+    # The video model family an image model must belong to, in messages and single-file checks.
+    family: str = "Stable Diffusion 1.5"
 
     def checkpoint(self, key: str) -> Checkpoint:
         return next(c for c in self.checkpoints if c.key == key)
@@ -62,8 +67,12 @@ class PipelineSpec:
 
     def pipeline_class(self):
         """The pipeline class (imports torch and diffusers)."""
-        module, name = self.class_path.split(":")
-        return getattr(importlib.import_module(module), name)
+        return _imported(self.class_path)
+
+    def save_tiny_checkpoints(self, root: str) -> Dict[str, str]:
+        """Write random tiny checkpoints of every model this pipeline loads under ``root``; returns the
+        checkpoint arguments of ``from_checkpoints`` that load them (imports torch and diffusers)."""
+        return _imported(self.tiny_builder)(root)
 
     def max_frames(self, sources: Mapping[str, str], tiny: bool = False) -> Optional[int]:
         """The most frames the video model takes in one window, when its config says so and can be read
@@ -72,10 +81,15 @@ class PipelineSpec:
             return None
         if tiny:
             return TINY_MOTION_FRAMES
-        config = read_config(sources["motion_adapter"])
+        config = read_config(sources["motion_adapter"])  # None for a single file: its window is not known yet
         if config is None:
             return None
         return int(config.get("motion_max_seq_length", 32))
+
+
+def _imported(path: str):
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def read_config(source: str) -> Optional[Dict[str, Any]]:
@@ -110,6 +124,7 @@ ANIMATEDIFF = PipelineSpec(
     options=("context_length", "context_stride", "motion_lora", "video_model_config"),
     video_lora=True,
     prompt_schedules=True,
+    tiny_builder="ivmixed.testing:save_tiny_animatediff",
 )
 MODELSCOPE = PipelineSpec(
     name="ModelScope",
@@ -120,6 +135,7 @@ MODELSCOPE = PipelineSpec(
         Checkpoint("image_model", "image model", SD15, "unet/config.json"),
     ),
     defaults={"height": 256, "width": 256, "guidance_scale": 9.0, "zz": 1000},
+    tiny_builder="ivmixed.testing:save_tiny_modelscope",
 )
 VIDEOCRAFTER = PipelineSpec(
     name="VideoCrafter",
@@ -134,9 +150,30 @@ VIDEOCRAFTER = PipelineSpec(
     options=("fps_condition",),
     scheduler="DPM-Solver++ (SDE)",
     standard_options=("fps_condition", "reference_compat"),
+    tiny_builder="ivmixed.testing:save_tiny_videocrafter",
+)
+SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
+# AnimateDiff-SDXL: the beta motion adapter on SDXL base 1.0 and an SDXL image UNet. Defaults from diffusers'
+# AnimateDiffSDXLPipeline example and the adapter's model card: 1024x1024, 16 frames, guidance 8, DDIM over
+# linear betas (the pipeline module sets the scheduler). diffusers' SDXL pipeline has no FreeNoise, so a clip is
+# at most one motion window; the published IV-mixed code has no SDXL pipeline, so no --reference-compat.
+ANIMATEDIFF_SDXL = PipelineSpec(
+    name="AnimatediffSDXL",
+    family="SDXL",
+    decode_chunk=None,  # diffusers' AnimateDiff-SDXL decodes every frame in one VAE call
+    reference_compat=None,
+    class_path="ivmixed.pipelines.animatediff_sdxl:IVMixedAnimateDiffSDXLPipeline",
+    checkpoints=(
+        Checkpoint("video_model", "video model", SDXL, "model_index.json"),
+        Checkpoint("motion_adapter", "motion adapter", "guoyww/animatediff-motion-adapter-sdxl-beta"),
+        Checkpoint("image_model", "image model", SDXL, "unet/config.json"),
+    ),
+    defaults={"height": 1024, "width": 1024, "guidance_scale": 8.0, "zz": 1000},
+    tiny_builder="ivmixed.testing:save_tiny_animatediff_sdxl",
 )
 
-PIPELINES: Dict[str, PipelineSpec] = {spec.name: spec for spec in (ANIMATEDIFF, MODELSCOPE, VIDEOCRAFTER)}
+PIPELINES: Dict[str, PipelineSpec] = {spec.name: spec for spec in (ANIMATEDIFF, MODELSCOPE, VIDEOCRAFTER,
+                                                                   ANIMATEDIFF_SDXL)}
 # Every checkpoint keyword any pipeline takes, in a stable order.
 CHECKPOINT_KEYS = ("video_model", "motion_adapter", "unet", "image_model")
 

@@ -28,6 +28,7 @@ from .leftovers import sweep_files
 from .manifest import Manifest
 from .outputs import OutputSet, lora_identity, output_set
 from .prompts import Job, read_prompt_file
+from .registry import PIPELINES
 from .sampler import count_network_calls
 from .stopping import RunStopped
 
@@ -318,6 +319,12 @@ class Runner:
         limit = config.spec.max_frames(config.model_sources(), config.tiny)
         if limit is None:
             return None
+        if not config.spec.takes("context_length"):  # no FreeNoise: a clip is one motion window at most
+            if config.num_frames > limit:
+                raise SettingError(f"{{num_frames}} {config.num_frames} is more than the {limit} frames the motion "
+                                   f"adapter takes at once, and {config.pipeline} has no context windows; use at most "
+                                   f"{limit} {{num_frames}}")
+            return None
         try:
             return context_settings(config.num_frames, limit, config.context_length, config.context_stride)
         except ValueError as exc:
@@ -332,7 +339,8 @@ class Runner:
         except ValueError as exc:
             raise SettingError(f"{where}{quote(str(exc))[1:-1]}") from None
         if schedule is not None and not self.config.spec.prompt_schedules:
-            raise SettingError(f"{where}prompt schedules (\"0: ... | 24: ...\") work with {{pipeline}} Animatediff only; "
+            takers = ", ".join(spec.name for spec in PIPELINES.values() if spec.prompt_schedules)
+            raise SettingError(f"{where}prompt schedules (\"0: ... | 24: ...\") work with {{pipeline}} {takers} only; "
                                f"{self.config.pipeline} takes one prompt per video")
 
     def _missing(self, outputs: OutputSet, record: Optional[dict], recorded: Set[str]) -> List[str]:

@@ -109,7 +109,8 @@ def tiny_image_unet(seed: int = 0, sample_size: int = LATENT_SIZE) -> UNet2DCond
     ).eval()
 
 
-def tiny_motion_adapter(seed: int = 0) -> MotionAdapter:
+def tiny_motion_adapter(seed: int = 0, mid_block: bool = True) -> MotionAdapter:
+    """Motion modules for the tiny UNets; ``mid_block=False``: none in the mid block, as the SDXL beta adapter."""
     torch.manual_seed(seed)
     return MotionAdapter(
         block_out_channels=(32, 64),
@@ -117,6 +118,7 @@ def tiny_motion_adapter(seed: int = 0) -> MotionAdapter:
         motion_num_attention_heads=2,
         motion_norm_num_groups=32,
         motion_max_seq_length=TINY_MOTION_FRAMES,
+        use_motion_mid_block=mid_block,
     ).eval()
 
 
@@ -219,8 +221,8 @@ def save_tiny_sd(folder: str, seed: int = 0, sample_size: int = LATENT_SIZE) -> 
     )
 
 
-def save_tiny_motion_adapter(folder: str, seed: int = 0) -> str:
-    tiny_motion_adapter(seed).save_pretrained(folder)
+def save_tiny_motion_adapter(folder: str, seed: int = 0, mid_block: bool = True) -> str:
+    tiny_motion_adapter(seed, mid_block).save_pretrained(folder)
     return folder
 
 
@@ -254,26 +256,114 @@ def save_tiny_videocrafter_unet(folder: str, seed: int = 0, subfolder: Optional[
     return folder
 
 
+def save_tiny_animatediff(root: str) -> Dict[str, str]:
+    return {
+        "video_model": save_tiny_sd(os.path.join(root, "video-base"), seed=1),
+        "motion_adapter": save_tiny_motion_adapter(os.path.join(root, "motion-adapter"), seed=2),
+        "image_model": save_tiny_sd(os.path.join(root, "image-model"), seed=3),
+    }
+
+
+def save_tiny_modelscope(root: str) -> Dict[str, str]:
+    return {
+        "video_model": save_tiny_text_to_video(os.path.join(root, "text-to-video"), seed=1),
+        "image_model": save_tiny_sd(os.path.join(root, "image-model"), seed=3),
+    }
+
+
+def save_tiny_videocrafter(root: str) -> Dict[str, str]:
+    return {
+        "video_model": save_tiny_text_to_video(os.path.join(root, "zeroscope"), seed=1),
+        "unet": save_tiny_videocrafter_unet(os.path.join(root, "videocrafter-unet"), seed=2),
+        "image_model": save_tiny_sd(os.path.join(root, "image-model"), seed=3),
+    }
+
+
+# -- SDXL -----------------------------------------------------------------------------------------------------
+
+SDXL_TEXT_DIMS = (TEXT_DIM, TEXT_DIM)  # the two text encoders' widths (SDXL: 768 and 1280)
+SDXL_POOLED_DIM = TEXT_DIM  # the second encoder's projection (SDXL: 1280)
+SDXL_TIME_DIM = 8  # addition_time_embed_dim (SDXL: 256); six micro-conditioning numbers each
+
+
+def tiny_sdxl_text_encoders(seed: int = 0):
+    """SDXL's two text encoders, tiny: a CLIP-L-like ``CLIPTextModel`` and a ``CLIPTextModelWithProjection``
+    whose projection gives the pooled embedding."""
+    from transformers import CLIPTextModelWithProjection
+
+    first = tiny_text_encoder(seed)
+    torch.manual_seed(seed + 1000)
+    config = first.config.to_dict()
+    config.update(hidden_size=SDXL_TEXT_DIMS[1], projection_dim=SDXL_POOLED_DIM)
+    second = CLIPTextModelWithProjection(CLIPTextConfig(**config)).eval()
+    return first, second
+
+
+def tiny_sdxl_unet(seed: int = 0, sample_size: int = LATENT_SIZE) -> UNet2DConditionModel:
+    """An SDXL-layout UNet: cross-attention over both encoders' widths, and the pooled embedding plus the six
+    size and crop numbers (``time_ids``) added to the time embedding (``addition_embed_type="text_time"``)."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=sum(SDXL_TEXT_DIMS),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=SDXL_TIME_DIM,
+        projection_class_embeddings_input_dim=6 * SDXL_TIME_DIM + SDXL_POOLED_DIM,
+        norm_num_groups=32,
+    ).eval()
+
+
+def sdxl_scheduler():
+    """The scheduler SDXL base 1.0 ships (the pipeline swaps in DDIM from its config)."""
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                                  timestep_spacing="leading")
+
+
+def save_tiny_sdxl(folder: str, seed: int = 0, text_seed: Optional[int] = None) -> str:
+    """A tiny SDXL-layout checkpoint (``StableDiffusionXLPipeline``: unet, vae, two text encoders and tokenizers,
+    scheduler); ``text_seed`` (default ``seed``) seeds the text encoders, so two checkpoints can share them."""
+    first, second = tiny_sdxl_text_encoders(seed if text_seed is None else text_seed)
+    return save_in_hub_layout(
+        folder,
+        "StableDiffusionXLPipeline",
+        vae=tiny_vae(seed),
+        text_encoder=first,
+        text_encoder_2=second,
+        tokenizer=tiny_tokenizer(os.path.join(folder, "tokenizer")),
+        tokenizer_2=tiny_tokenizer(os.path.join(folder, "tokenizer_2")),
+        unet=tiny_sdxl_unet(seed),
+        scheduler=sdxl_scheduler(),
+    )
+
+
+def save_tiny_animatediff_sdxl(root: str) -> Dict[str, str]:
+    """The image model shares the base's text encoders, as the default (SDXL base for both) does."""
+    return {
+        "video_model": save_tiny_sdxl(os.path.join(root, "video-base"), seed=1),
+        "motion_adapter": save_tiny_motion_adapter(os.path.join(root, "motion-adapter"), seed=2, mid_block=False),
+        "image_model": save_tiny_sdxl(os.path.join(root, "image-model"), seed=3, text_seed=1),
+    }
+
+
 def save_tiny_checkpoints(root: str, pipeline: str) -> Dict[str, str]:
-    """Write every checkpoint ``pipeline`` loads under ``root``; returns the model-path arguments to load them."""
-    if pipeline == "Animatediff":
-        return {
-            "video_model": save_tiny_sd(os.path.join(root, "video-base"), seed=1),
-            "motion_adapter": save_tiny_motion_adapter(os.path.join(root, "motion-adapter"), seed=2),
-            "image_model": save_tiny_sd(os.path.join(root, "image-model"), seed=3),
-        }
-    if pipeline == "ModelScope":
-        return {
-            "video_model": save_tiny_text_to_video(os.path.join(root, "text-to-video"), seed=1),
-            "image_model": save_tiny_sd(os.path.join(root, "image-model"), seed=3),
-        }
-    if pipeline == "VideoCrafter":
-        return {
-            "video_model": save_tiny_text_to_video(os.path.join(root, "zeroscope"), seed=1),
-            "unet": save_tiny_videocrafter_unet(os.path.join(root, "videocrafter-unet"), seed=2),
-            "image_model": save_tiny_sd(os.path.join(root, "image-model"), seed=3),
-        }
-    raise ValueError(f"no tiny checkpoints for pipeline {pipeline!r}")
+    """Write every checkpoint ``pipeline`` (a name of :data:`ivmixed.registry.PIPELINES`) loads under ``root``;
+    returns the model-path arguments to load them."""
+    from .registry import find_pipeline
+
+    spec = find_pipeline(pipeline)
+    if spec is None:
+        raise ValueError(f"no tiny checkpoints for pipeline {pipeline!r}")
+    return spec.save_tiny_checkpoints(root)
 
 
 def load_tiny(spec, **options):

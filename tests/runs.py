@@ -3,6 +3,7 @@ in this process, a silent progress bar for the sampler, and a count of the host 
 
 import collections
 import json
+import math
 import os
 
 import torch
@@ -106,3 +107,27 @@ class HostTraffic(TorchDispatchMode):
             if target is not None and torch.device(target) != args[0].device:
                 self.counts["device_copies"] += 1
         return func(*args, **kwargs)
+
+
+def reference_zigzag_run(scheduler, latents, n, gs, zz, w_image, w_video, video, image):
+    """docs/ALGORITHM.md section 1 with constant guidance weights, written out on guided predictors
+    ``video(x, t, w)`` and ``image(x, t, w)`` over video latents: the four DDIM moves, then the main step."""
+    scheduler.set_timesteps(n)
+    ac, D = scheduler.alphas_cumprod.tolist(), 1000 // n
+
+    def ab(s):
+        return ac[s] if s >= 0 else ac[0]
+
+    def move(x, e, a, b):
+        return math.sqrt(b) * (x - math.sqrt(1 - a) * e) / math.sqrt(a) + math.sqrt(1 - b) * e
+
+    x = latents
+    for i, t in enumerate(scheduler.timesteps.tolist()):
+        t1, t2 = max(t - D, 0), max(t - 2 * D, 0)
+        M, wM = (image, w_image) if i % zz < zz - 1 else (video, w_video)
+        x = move(x, M(x, t, wM), ab(t), ab(t - D))
+        x = move(x, video(x, t1, w_video), ab(t1), ab(t1 - D))
+        x = move(x, M(x, t2, -wM), ab(t1 - D), ab(t1))
+        x = move(x, video(x, t1, -w_video), ab(t - D), ab(t))
+        x = scheduler.step(video(x, t, gs), t, x).prev_sample
+    return x

@@ -1,12 +1,11 @@
 """IVMixedAnimateDiffPipeline: stock parity, the section-1 loop on the real UNets, counts, save/load."""
 
-import math
-
 import pytest
 import torch
 from diffusers import AnimateDiffPipeline
 
 from ivmixed import IVMixedAnimateDiffPipeline
+from runs import reference_zigzag_run
 
 FRAMES, SIZE = 4, 64  # 8x8 latents
 
@@ -53,26 +52,7 @@ def reference_iv_mixed(pipe, latents, n, gs, zz, w_image, w_video):
         u, c = pipe.image_unet(torch.cat([frames, frames]), t, encoder_hidden_states=video_emb).sample.chunk(2)
         return (u + w * (c - u)).permute(1, 0, 2, 3)[None]
 
-    sched = pipe.scheduler
-    sched.set_timesteps(n)
-    ac, D = sched.alphas_cumprod.tolist(), 1000 // n
-
-    def ab(s):
-        return ac[s] if s >= 0 else ac[0]
-
-    def move(x, e, a, b):
-        return math.sqrt(b) * (x - math.sqrt(1 - a) * e) / math.sqrt(a) + math.sqrt(1 - b) * e
-
-    x = latents
-    for i, t in enumerate(sched.timesteps.tolist()):
-        t1, t2 = max(t - D, 0), max(t - 2 * D, 0)
-        M, wM = (image, w_image) if i % zz < zz - 1 else (video, w_video)
-        x = move(x, M(x, t, wM), ab(t), ab(t - D))
-        x = move(x, video(x, t1, w_video), ab(t1), ab(t1 - D))
-        x = move(x, M(x, t2, -wM), ab(t1 - D), ab(t1))
-        x = move(x, video(x, t1, -w_video), ab(t - D), ab(t))
-        x = sched.step(video(x, t, gs), t, x).prev_sample
-    return x
+    return reference_zigzag_run(pipe.scheduler, latents, n, gs, zz, w_image, w_video, video, image)
 
 
 @torch.no_grad()

@@ -104,6 +104,18 @@ def test_generate_makes_both_videos_the_contact_sheet_and_a_manifest_record(serv
     assert os.path.basename(iv_mix) == line["files"]["iv_mix"]
 
 
+def test_the_sdxl_pipeline_is_a_choice_that_makes_both_videos(server):
+    client = server.client()
+    seed, standard, iv_mix, sheet, calls, record, status = generate(client, prompt="a grey heron", seed=4,
+                                                                      pipeline="AnimatediffSDXL")
+    for path in (standard, iv_mix, sheet, record):
+        assert path and os.path.getsize(path) > 0
+    assert table(calls)["IV-mixed"][:2] == (6, 4) and status.startswith("**Made**")
+    line = next(line for line in manifest_lines(server.app.output_dir) if line["prompt"] == "a grey heron")
+    with open(os.path.join(server.app.output_dir, line["files"]["record"]), encoding="utf-8") as f:
+        assert json.load(f)["pipeline"] == "AnimatediffSDXL"
+
+
 def test_the_same_settings_again_come_from_the_history_the_command_line_shares(server):
     from ivmixed.cli import main
 

@@ -183,3 +183,74 @@ def test_runs_alternate_the_variants():
     assert bench.recording_runs(order) == {"standard": 0, "iv_mixed": 1}
     assert bench.recording_runs(bench.run_order(0, 1, 1)) == {"standard": 2, "iv_mixed": 3}
     assert bench.recording_runs(bench.run_order(0, 2, 0)) == {"standard": 0, "iv_mixed": 1}
+
+
+# -- AnimateDiff-SDXL at full size, on meta ------------------------------------------------------------------
+
+SDXL_FRAMES, SDXL_SIZE = 2, 1024  # pixels: the training size; on meta the size costs nothing, and the CPU loop is small
+
+
+@pytest.fixture(scope="module")
+def full_size_sdxl(tmp_path_factory):
+    """The full-size AnimateDiff-SDXL architectures, every network on ``meta`` (built in seconds, no weights)."""
+    import full_size_models
+
+    return full_size_models.full_size_pipeline("AnimatediffSDXL", str(tmp_path_factory.mktemp("sdxl")),
+                                               device="meta")
+
+
+def test_full_size_sdxl_architectures_have_the_known_parameter_counts(full_size_sdxl):
+    counts = {name: entry["parameters"] for name, entry in flops.parameter_counts(full_size_sdxl).items()}
+    assert counts["image_unet"] == 2_567_463_684  # SDXL base 1.0's UNet
+    assert counts["text_encoder"] == 123_060_480  # CLIP ViT-L/14's text tower (as SD 1.5's)
+    assert counts["text_encoder_2"] == 694_659_840  # OpenCLIP ViT-bigG/14's text tower with its projection
+    assert counts["vae"] == 83_653_863  # SD's VAE architecture
+    # the motion UNet is the SDXL UNet plus the adapter's motion modules: nothing dropped, nothing doubled
+    assert counts["unet"] == counts["image_unet"] + counts["motion_adapter"]
+    assert type(full_size_sdxl.unet).__name__ == "UNetMotionModel"
+
+
+def _sdxl_guided_call(model: str, frames: int, latent: int) -> str:
+    """One guided call's inputs as the SDXL pipeline lays them out (in :func:`flops.describe`'s words): the
+    ``[uncond; cond]`` halves in one batch, the prompt embeddings per frame (77 tokens, 768 + 1280 wide), the
+    pooled embedding (1280) and six size numbers, one row per video for the motion UNet (which repeats them per
+    frame itself) and one per frame for the image UNet."""
+    rows = 2 if model == "video" else 2 * frames
+    sample = f"2, 4, {frames}, {latent}, {latent}" if model == "video" else f"{2 * frames}, 4, {latent}, {latent}"
+    return (f"float32[{sample}], int64[], {{encoder_hidden_states=float32[{2 * frames}, 77, 2048], "
+            f"added_cond_kwargs={{text_embeds=float32[{rows}, 1280], time_ids=float32[{rows}, 6]}}}}")
+
+
+def test_full_size_sdxl_run_is_counted_on_meta(full_size_sdxl):
+    """flops.py's path for AnimatediffSDXL: the real IV-mixed loop around meta UNets (added_cond_kwargs
+    included), each distinct call counted once on meta; the motion UNet's count equal to an independent one."""
+    embeds, pooled = torch.zeros(1, 77, 2048), torch.zeros(1, 1280)
+    call = dict(prompt_embeds=embeds, negative_prompt_embeds=embeds, pooled_prompt_embeds=pooled,
+                negative_pooled_prompt_embeds=pooled, num_frames=SDXL_FRAMES, height=SDXL_SIZE, width=SDXL_SIZE,
+                num_inference_steps=2, generator=torch.Generator("cpu").manual_seed(0))
+    full_size_sdxl.set_progress_bar_config(disable=True)
+    result = flops.run_flops(full_size_sdxl, call, variants=(("iv_mixed", True),), device="cpu")["iv_mixed"]
+    calls = result["network_calls"]
+    assert calls["image"] > 0 and calls["video"] + calls["image"] == 5 * 2  # five guided calls a step
+    latent = SDXL_SIZE // 8
+    for model in ("video", "image"):
+        (signature,) = result["models"][model]["signatures"]  # one shape per UNet: counted once
+        assert signature["inputs"] == _sdxl_guided_call(model, SDXL_FRAMES, latent)
+        assert signature["calls"] == calls[model]
+        assert result["models"][model]["flops"] == calls[model] * signature["flops_per_call"] > 0
+    # the SDXL-specific network, counted independently (hooks on every layer, from shapes: they work on meta)
+    meta = dict(device="meta")
+    unet = full_size_sdxl.unet
+    independent = IndependentCount(unet)
+    try:
+        with torch.no_grad():
+            unet(torch.zeros(2, 4, SDXL_FRAMES, latent, latent, **meta), torch.tensor(981, **meta),
+                 encoder_hidden_states=torch.zeros(2 * SDXL_FRAMES, 77, 2048, **meta),
+                 added_cond_kwargs={"text_embeds": torch.zeros(2, 1280, **meta),
+                                    "time_ids": torch.zeros(2, 6, **meta)})
+    finally:
+        independent.remove()
+    # the attention products are a large share at this size: a counter that missed them would be far off
+    assert independent.attention > 0.05 * independent.total and independent.layers > 0
+    counted = result["models"]["video"]["signatures"][0]["flops_per_call"]
+    assert counted == pytest.approx(independent.total, rel=0.01), (counted, independent.layers, independent.attention)

@@ -3,6 +3,7 @@
 The pipelines by name, with their defaults, are in :mod:`ivmixed.registry`."""
 
 from .animatediff import IVMixedAnimateDiffPipeline
+from .animatediff_sdxl import IVMixedAnimateDiffSDXLPipeline
 from .common import IVMixedPipelineOutput, NonFiniteLatentsError
 from .modelscope import IVMixedModelScopePipeline
 from .text_to_video import IVMixedTextToVideoPipeline
@@ -10,6 +11,7 @@ from .videocrafter import IVMixedVideoCrafterPipeline
 
 __all__ = [
     "IVMixedAnimateDiffPipeline",
+    "IVMixedAnimateDiffSDXLPipeline",
     "IVMixedModelScopePipeline",
     "IVMixedPipelineOutput",
     "IVMixedTextToVideoPipeline",

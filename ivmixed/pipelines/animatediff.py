@@ -185,7 +185,7 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
         if uses_frame_prompts(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds):
             embeds = encode_frame_prompts(self, prompt, negative_prompt, num_frames, device, with_uncond, lora_scale,
                                           clip_skip)
-            return embeds, (embeds.chunk(2)[0] if with_uncond else None)
+            return {"prompt_embeds": embeds, "negative_prompt_embeds": embeds.chunk(2)[0] if with_uncond else None}
         return super()._encode_video_prompt(
             prompt, negative_prompt, num_frames, device, with_uncond, prompt_embeds, negative_prompt_embeds,
             lora_scale, clip_skip,

@@ -67,34 +67,42 @@ def guided_predictor(
     encoder_hidden_states: Union[torch.Tensor, Callable[[], torch.Tensor]],
     with_uncond: bool,
     max_batch: Optional[int] = None,
+    added_cond: Optional[Callable[[], Dict[str, torch.Tensor]]] = None,
     **unet_kwargs,
 ) -> NoisePredictor:
     """``(x, t, w) -> eps_w``: one batched call over ``[x, x]`` with ``[uncond; cond]`` embeddings.
 
     ``encoder_hidden_states`` may be a callable returning the current embeddings, read at every call, so that a
-    step callback can replace them. ``max_batch`` caps the samples of ``x`` per network call (each call still
-    carries both halves, so it runs ``2 * max_batch`` rows): it bounds activation memory at the cost of more,
-    smaller calls.
+    step callback can replace them; so is ``added_cond``, the UNet's ``added_cond_kwargs`` (SDXL's pooled
+    embedding and size conditioning), whose tensors have one row per row of the embeddings, in the same
+    ``[uncond; cond]`` layout. ``max_batch`` caps the samples of ``x`` per network call (each call still carries
+    both halves, so it runs ``2 * max_batch`` rows): it bounds activation memory at the cost of more, smaller calls.
     """
     embeddings = encoder_hidden_states if callable(encoder_hidden_states) else lambda: encoder_hidden_states
 
-    def call(x: torch.Tensor, t, w: float, embeds: torch.Tensor) -> torch.Tensor:
+    def call(x: torch.Tensor, t, w: float, embeds: torch.Tensor, added: Optional[Dict]) -> torch.Tensor:
         model_input = torch.cat([x, x]) if with_uncond else x
-        eps = unet(model_input, t, encoder_hidden_states=embeds, **unet_kwargs).sample
+        extra = unet_kwargs if added is None else {**unet_kwargs, "added_cond_kwargs": added}
+        eps = unet(model_input, t, encoder_hidden_states=embeds, **extra).sample
         if not with_uncond:
             return eps
         uncond, cond = eps.chunk(2)
         return combine_guidance(uncond, cond, w)
 
+    def rows(tensor: torch.Tensor, part: slice) -> torch.Tensor:
+        halves = tensor.chunk(2) if with_uncond else (tensor,)
+        return torch.cat([h[part] for h in halves])
+
     def predict(x: torch.Tensor, t, w: float) -> torch.Tensor:
         embeds, n = embeddings(), x.shape[0]
+        added = added_cond() if added_cond is not None else None
         if max_batch is None or n <= max_batch:
-            return call(x, t, w, embeds)
-        halves = embeds.chunk(2) if with_uncond else (embeds,)
+            return call(x, t, w, embeds, added)
         parts = []
         for start in range(0, n, max_batch):
-            rows = slice(start, start + max_batch)
-            parts.append(call(x[rows], t, w, torch.cat([h[rows] for h in halves])))
+            part = slice(start, start + max_batch)
+            parts.append(call(x[part], t, w, rows(embeds, part),
+                              None if added is None else {k: rows(v, part) for k, v in added.items()}))
         return torch.cat(parts)
 
     return predict
@@ -197,10 +205,20 @@ class IVMixedSamplingMixin:
         """The ``[uncond; cond]`` embeddings laid out as the video UNet takes them."""
         return embeds
 
+    def _check_call_inputs(self, prompt, height, width, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                           callback_on_step_end_tensor_inputs, **encode_kwargs) -> None:
+        """diffusers' ``check_inputs`` of the pipeline (Stable Diffusion's signature here)."""
+        self.check_inputs(
+            prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds,
+            None, None, callback_on_step_end_tensor_inputs,
+        )
+
     def _encode_video_prompt(self, prompt, negative_prompt, num_frames, device, with_uncond, prompt_embeds,
-                             negative_prompt_embeds, lora_scale, clip_skip):
-        """Encode the prompts: ``(video_embeds, negative_prompt_embeds)``, where ``video_embeds`` are the
-        ``[uncond; cond]`` embeddings (just ``cond`` without ``with_uncond``) laid out as the video UNet takes them."""
+                             negative_prompt_embeds, lora_scale, clip_skip, **encode_kwargs) -> Dict[str, torch.Tensor]:
+        """Encode the prompts into the tensors a step callback may read and replace, by their diffusers names:
+        ``prompt_embeds`` are the ``[uncond; cond]`` embeddings (just ``cond`` without ``with_uncond``) laid out as
+        the video UNet takes them, and ``negative_prompt_embeds`` the encoded negative prompt. ``encode_kwargs``
+        are the pipeline's own encoding inputs (see :meth:`_generate`)."""
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt, device, 1, with_uncond, negative_prompt,
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
@@ -208,13 +226,18 @@ class IVMixedSamplingMixin:
         )
         if with_uncond:
             prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
-        return self._video_embeds(prompt_embeds, num_frames), negative_prompt_embeds
+        return {"prompt_embeds": self._video_embeds(prompt_embeds, num_frames),
+                "negative_prompt_embeds": negative_prompt_embeds}
 
-    def _image_predictor(self, *, prompt, negative_prompt, video_embeds, num_frames, batch_size, with_uncond, device,
-                         clip_skip, image_batch_size, cross_attention_kwargs) -> NoisePredictor:
+    def _video_added_cond(self, tensors: Dict[str, torch.Tensor]) -> Optional[Callable[[], Dict[str, torch.Tensor]]]:
+        """The video UNet's ``added_cond_kwargs`` from the current ``tensors``, read at every call (None: none)."""
+        return None
+
+    def _image_predictor(self, *, prompt, negative_prompt, video_embeds, tensors, num_frames, batch_size, with_uncond,
+                         device, clip_skip, image_batch_size, cross_attention_kwargs, encode_kwargs) -> NoisePredictor:
         """The image model's guided predictor over video latents ``(batch_size, c, num_frames, h, w)``, whose rows
         are ``(b f)``: video 0's frames, then video 1's; ``video_embeds()`` returns the video model's current
-        embeddings."""
+        embeddings, and ``tensors`` holds every current tensor of :meth:`_encode_video_prompt`."""
         raise NotImplementedError
 
     def _check_image_model(self, prompt) -> None:
@@ -228,17 +251,22 @@ class IVMixedSamplingMixin:
         generator, latents, prompt_embeds, negative_prompt_embeds, output_type, return_dict, cross_attention_kwargs,
         clip_skip, callback_on_step_end, callback_on_step_end_tensor_inputs, settings: Optional[IVMixedSettings],
         image_batch_size, reference_compat: bool = False, decode_chunk_size=16,
-        video_unet_kwargs: Optional[Dict] = None,
+        video_unet_kwargs: Optional[Dict] = None, encode_kwargs: Optional[Dict] = None,
     ):
+        """The shared call body; ``encode_kwargs`` are a pipeline's own prompt inputs (SDXL's second prompts, pooled
+        embeddings and size conditioning), handed to :meth:`_check_call_inputs` and :meth:`_encode_video_prompt`."""
+        encode_kwargs = encode_kwargs or {}
         default_height, default_width = self._default_size()
         height, width = height or default_height, width or default_width
         negative_prompt = batch_negative_prompts(prompt, negative_prompt)
-        self.check_inputs(
-            prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds,
-            None, None, callback_on_step_end_tensor_inputs,
-        )
+        self._check_call_inputs(prompt, height, width, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                callback_on_step_end_tensor_inputs, **encode_kwargs)
         check_image_batch_size(image_batch_size)
         compat = self._reference_compat() if reference_compat else None
+        if reference_compat and compat is None:
+            raise ValueError(f"reference_compat reproduces the published IV-mixed code, which has no "
+                             f"{type(self).__name__.removeprefix('IVMixed').removesuffix('Pipeline')} pipeline; "
+                             "pass reference_compat=False")
         if settings is not None:
             settings = settings.resolved(num_inference_steps)
             if compat is not None:
@@ -265,13 +293,12 @@ class IVMixedSamplingMixin:
         # unconditional half.
         with_uncond = guidance_scale > 1.0 or (settings is not None and compat is None)
         lora_scale = cross_attention_kwargs.get("scale") if cross_attention_kwargs else None
-        video_embeds, negative_prompt_embeds = self._encode_video_prompt(
-            prompt, negative_prompt, num_frames, device, with_uncond, prompt_embeds, negative_prompt_embeds,
-            lora_scale, clip_skip,
-        )
         # The tensors a step callback may read and replace, as in diffusers' loops: ``prompt_embeds`` are the video
         # UNet's (and, where it shares them, the image UNet's) ``[uncond; cond]`` embeddings.
-        tensors = {"prompt_embeds": video_embeds, "negative_prompt_embeds": negative_prompt_embeds}
+        tensors = self._encode_video_prompt(
+            prompt, negative_prompt, num_frames, device, with_uncond, prompt_embeds, negative_prompt_embeds,
+            lora_scale, clip_skip, **encode_kwargs,
+        )
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         self._num_timesteps = len(self.scheduler.timesteps)
@@ -282,15 +309,16 @@ class IVMixedSamplingMixin:
 
         counts = {"video": 0, "image": 0}
         video_predictor = counted(guided_predictor(
-            self.unet, lambda: tensors["prompt_embeds"], with_uncond, cross_attention_kwargs=cross_attention_kwargs,
-            **(video_unet_kwargs or {}),
+            self.unet, lambda: tensors["prompt_embeds"], with_uncond, added_cond=self._video_added_cond(tensors),
+            cross_attention_kwargs=cross_attention_kwargs, **(video_unet_kwargs or {}),
         ), counts, "video")
         image_predictor = None
         if with_image_model:
             image_predictor = counted(self._image_predictor(
-                prompt=prompt, negative_prompt=negative_prompt, video_embeds=lambda: tensors["prompt_embeds"],
+                prompt=prompt, negative_prompt=negative_prompt, video_embeds=lambda: tensors["prompt_embeds"], tensors=tensors,
                 num_frames=num_frames, batch_size=batch_size, with_uncond=with_uncond, device=device,
                 clip_skip=clip_skip, image_batch_size=image_batch_size, cross_attention_kwargs=cross_attention_kwargs,
+                encode_kwargs=encode_kwargs,
             ), counts, "image")
 
         def on_step_end(i, t, x):
