@@ -13,14 +13,19 @@ Command line: the UNet work of a full-size run, counted on the CPU without a GPU
 
     python benchmarks/flops.py --pipeline Animatediff --steps 50      # 16 frames at the training size
     python benchmarks/flops.py --pipeline AnimatediffSDXL --steps 50  # 16 frames at 1024x1024
+    python benchmarks/flops.py --pipeline Animatediff --controlnets 1  # with a full-size SD 1.5 ControlNet
 
-It also prints every network's parameter count and its fp16 weight size.
+It also prints every network's parameter count and its fp16 weight size. With ``--controlnets N`` the run has N
+full-size ControlNets (on ``meta`` too) and one control image per frame; under IV-mixed sampling they run on every
+guided call of both UNets, and each ControlNet forward is counted under the UNet whose call it feeds
+(``controlnet_video`` / ``controlnet_image``, the keys of the pipeline's ``network_calls``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections import Counter
 from contextlib import contextmanager
@@ -221,11 +226,14 @@ def count_forward_flops(module: torch.nn.Module, args: tuple, kwargs: dict) -> i
 
 
 def count_recorded(recorder: CallRecorder, modules: Dict[str, torch.nn.Module], device="meta",
-                   copies: Optional[Dict] = None) -> Dict[str, Dict]:
+                   copies: Optional[Dict] = None, counted: Optional[Dict] = None) -> Dict[str, Dict]:
     """The FLOPs of every call ``recorder`` saw, per model: one counting forward per distinct signature, times its
     calls. ``device="meta"`` counts on a shapes-only copy of each module (kept in ``copies`` when given, to reuse);
-    ``None`` counts on the module itself, with inputs on its own device (slower; for checks)."""
+    ``None`` counts on the module itself, with inputs on its own device (slower; for checks). ``counted`` (a dict
+    kept across calls) reuses the count of a signature already counted on the same module: one ControlNet fed
+    to both UNets, or the same call in another variant's run."""
     copies = {} if copies is None else copies
+    counted = {} if counted is None else counted
     out: Dict[str, Dict] = {}
     for model, counts in recorder.counts.items():
         signatures = recorder.signatures(model)
@@ -240,8 +248,11 @@ def count_recorded(recorder: CallRecorder, modules: Dict[str, torch.nn.Module], 
                 target = _plain(module)
                 where = next(target.parameters()).device
             for spec, calls in signatures:
-                args, kwargs = materialise(spec, where)
-                flops = count_forward_flops(target, args, kwargs)
+                done = (id(target), where, _key(spec))
+                if done not in counted:
+                    args, kwargs = materialise(spec, where)
+                    counted[done] = count_forward_flops(target, args, kwargs)
+                flops = counted[done]
                 entry["flops"] += flops * calls
                 entry["signatures"].append({"inputs": describe(spec), "calls": calls, "flops_per_call": flops})
         out[model] = entry
@@ -261,25 +272,44 @@ def _to_meta(value: Any) -> Any:
     return value
 
 
+def _output_spec(output: Any) -> Any:
+    """A network's output as specs: a ``.sample`` output (a UNet's) as ``{"sample": spec}``, tuples (a
+    ControlNet's ``return_dict=False`` residuals) as tuples of specs."""
+    if hasattr(output, "sample"):
+        return {"sample": _spec(output.sample)}
+    return _spec(output)
+
+
 @contextmanager
-def shapes_only(modules: Dict[str, torch.nn.Module]) -> Iterator[None]:
+def shapes_only(modules: Dict[str, torch.nn.Module], cache: Optional[Dict] = None) -> Iterator[None]:
     """Make ``modules`` (built on ``meta``) answer calls on real tensors with zeros of their output shape, so a
     pipeline runs its real loop around networks that compute nothing: each distinct input signature runs once on
-    ``meta`` for its output shape. Forward hooks (a :class:`CallRecorder`) still see every call."""
+    ``meta`` for its output shape (kept in ``cache`` when given, to reuse in another run). UNets answer with
+    ``.sample``, fresh zeros every call; ControlNets (called with ``return_dict=False``) with their tuple of
+    residuals, zeros allocated once per signature and device and returned again on every call (a full-size
+    ControlNet's residuals are 0.8 GB at 32 rows: allocating them on every call would take most of a run's
+    time). The pipeline only adds residuals to one another (MultiControlNetModel sums them, in place for the mid
+    block's) and hands them to a UNet, so they stay zero. Forward hooks (a :class:`CallRecorder`) still see
+    every call."""
     saved = {}
+    cache = {} if cache is None else cache
     for name, module in modules.items():
         original = module.forward
-        shapes: Dict[Any, TensorSpec] = {}
+        shapes: Dict[Any, Any] = cache.setdefault(id(module), {})
 
         def forward(*args, _original=original, _shapes=shapes, **kwargs):
             key = _key(_spec((args, kwargs)))
             if key not in _shapes:
                 with torch.no_grad():
-                    sample = _original(*_to_meta(args), **_to_meta(kwargs)).sample
-                _shapes[key] = TensorSpec(tuple(sample.shape), sample.dtype)
-            out = _shapes[key]
+                    _shapes[key] = _output_spec(_original(*_to_meta(args), **_to_meta(kwargs)))
             first = args[0] if args else kwargs["sample"]
-            return SimpleNamespace(sample=torch.zeros(out.shape, dtype=out.dtype, device=first.device))
+            out = _shapes[key]
+            if isinstance(out, dict) and set(out) == {"sample"}:
+                return SimpleNamespace(sample=materialise(out["sample"], first.device))
+            zeros = (key, str(first.device))
+            if zeros not in _shapes:
+                _shapes[zeros] = materialise(out, first.device)
+            return _shapes[zeros]
 
         saved[name] = module
         module.forward = forward
@@ -301,28 +331,106 @@ def executing_on(pipe, device) -> Iterator[None]:
         pipe.__class__ = cls
 
 
+def controlnet_nets(pipe) -> List[torch.nn.Module]:
+    """The ControlNets of ``pipe``'s ``controlnet``: none, the one, or the nets of a ``MultiControlNetModel``."""
+    net = getattr(pipe, "controlnet", None)
+    if net is None:
+        return []
+    return list(getattr(net, "nets", [net]))
+
+
+class ControlNetCalls:
+    """Records every ControlNet forward under the UNet whose call it feeds: ``controlnet_video/<j>`` or
+    ``controlnet_image/<j>`` for net ``j``. The pipeline runs the ControlNet(s) on a guided call's input just
+    before the UNet call that takes the residuals (ivmixed.pipelines.control), so the ControlNet calls seen since
+    the last UNet call are that UNet's; the ControlNet's own inputs (the same rows for both UNets) cannot tell."""
+
+    def __init__(self, recorder: CallRecorder, nets: List[torch.nn.Module], unets: Dict[str, torch.nn.Module]):
+        self.recorder = recorder
+        self.pending: List[Tuple[int, tuple, dict]] = []
+        self.handles = []
+        self.modules: Dict[str, torch.nn.Module] = {}
+        for j, net in enumerate(nets):
+            for model in unets:
+                name = f"controlnet_{model}/{j}"
+                recorder.counts.setdefault(name, Counter())
+                self.modules[name] = net
+            self.handles.append(net.register_forward_pre_hook(self._net_hook(j), with_kwargs=True))
+        for model, unet in unets.items():
+            self.handles.append(unet.register_forward_pre_hook(self._unet_hook(model), with_kwargs=True))
+
+    def _net_hook(self, j: int):
+        def pre(_module, args, kwargs):
+            self.pending.append((j, args, kwargs))
+        return pre
+
+    def _unet_hook(self, model: str):
+        def pre(_module, _args, _kwargs):
+            for j, args, kwargs in self.pending:
+                self.recorder.record(f"controlnet_{model}/{j}", args, kwargs)
+            self.pending.clear()
+        return pre
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def check(self) -> None:
+        """After a run: every ControlNet call was followed by the UNet call it fed."""
+        if self.pending:
+            raise RuntimeError(f"{len(self.pending)} ControlNet call(s) fed no UNet call")
+
+
+def merge_controlnets(models: Dict[str, Dict]) -> Dict[str, Dict]:
+    """:func:`count_recorded`'s entries with the per-net ``controlnet_<model>/<j>`` ones summed into
+    ``controlnet_<model>`` (the keys of ``network_calls``: one evaluation per guided call per ControlNet); each
+    signature keeps its ``net``."""
+    out: Dict[str, Dict] = {}
+    for name, entry in models.items():
+        if "/" not in name:
+            out[name] = entry
+            continue
+        merged_name, j = name.split("/")
+        merged = out.setdefault(merged_name, {"flops": 0, "forward_calls": 0, "signatures": []})
+        merged["flops"] += entry["flops"]
+        merged["forward_calls"] += entry["forward_calls"]
+        merged["signatures"] += [dict(sig, net=int(j)) for sig in entry["signatures"]]
+    return out
+
+
 def run_flops(pipe, call_kwargs: Dict, variants=(("standard", False), ("iv_mixed", True)),
               device=None) -> Dict[str, Dict]:
-    """UNet FLOPs of a call of ``pipe`` per variant, with its UNets on ``meta`` (see :func:`shapes_only`) and
-    the rest on one real device (``device``, default: the text encoder's; with the text encoders on ``meta``
-    too, pass the prompt embeddings in ``call_kwargs`` on ``device``); ``output_type="latent"`` skips decoding.
-    Returns, per variant, the guided calls and :func:`count_recorded`."""
+    """UNet (and ControlNet) FLOPs of a call of ``pipe`` per variant, with its UNets and ControlNets on ``meta``
+    (see :func:`shapes_only`) and the rest on one real device (``device``, default: the text encoder's; with the
+    text encoders on ``meta`` too, pass the prompt embeddings in ``call_kwargs`` on ``device``);
+    ``output_type="latent"`` skips decoding. With ``pipe.controlnet`` set (and ``conditioning_frames`` in
+    ``call_kwargs``) every ControlNet forward is counted too, as ``controlnet_video`` / ``controlnet_image`` (the
+    UNet whose call it feeds, :class:`ControlNetCalls`). Returns, per variant, the guided calls and
+    :func:`count_recorded` (ControlNets merged, :func:`merge_controlnets`)."""
     unets = {"video": pipe.unet}
     if getattr(pipe, "image_unet", None) is not None:
         unets["image"] = pipe.image_unet
+    nets = controlnet_nets(pipe)
+    networks = dict(unets, **{f"controlnet/{j}": net for j, net in enumerate(nets)})
     real = [torch.device(device)] if device is not None else (
         [p.device for p in pipe.text_encoder.parameters()][:1] or [torch.device("cpu")])
     results = {}
+    # output shapes and FLOPs of each network's distinct calls, and the meta copies, shared by the variants
+    shapes, counted, copies = {}, {}, {}
     for name, iv_mixed in variants:
         recorder = CallRecorder()
         handles = [recorder.attach(module, key) for key, module in unets.items()]
+        control = ControlNetCalls(recorder, nets, unets)
         try:
-            with shapes_only(unets), executing_on(pipe, real[0]):
+            with shapes_only(networks, shapes), executing_on(pipe, real[0]):
                 out = pipe(**call_kwargs, iv_mixed=iv_mixed, output_type="latent")
         finally:
             for handle in handles:
                 handle.remove()
-        results[name] = {"network_calls": dict(out.network_calls), "models": count_recorded(recorder, unets)}
+            control.remove()
+        control.check()
+        models = count_recorded(recorder, dict(unets, **control.modules), copies=copies, counted=counted)
+        results[name] = {"network_calls": dict(out.network_calls), "models": merge_controlnets(models)}
     return results
 
 
@@ -332,8 +440,8 @@ def per_guided_call(models: Dict[str, Dict], network_calls: Dict[str, int]) -> D
 
 
 # The pipeline components whose weights count, in the order they are printed.
-WEIGHTED_COMPONENTS = ("unet", "image_unet", "motion_adapter", "text_encoder", "text_encoder_2", "image_text_encoder",
-                       "image_text_encoder_2", "vae")
+WEIGHTED_COMPONENTS = ("unet", "image_unet", "motion_adapter", "controlnet", "text_encoder", "text_encoder_2",
+                       "image_text_encoder", "image_text_encoder_2", "vae")
 
 
 def parameter_counts(pipe) -> Dict[str, Dict]:
@@ -347,7 +455,30 @@ def parameter_counts(pipe) -> Dict[str, Dict]:
         if isinstance(module, torch.nn.Module):
             n = sum(p.numel() for p in _plain(module).parameters())
             out[name] = {"class": type(_plain(module)).__name__, "parameters": n, "fp16_gb": 2 * n / 1e9}
+            if hasattr(module, "nets"):  # a MultiControlNetModel: the sum of its nets
+                out[name]["nets"] = len(module.nets)
     return out
+
+
+def control_frames(frames: int, height: int, width: int, controlnets: int):
+    """``conditioning_frames`` for ``controlnets`` ControlNets: one black RGB control image per frame (the
+    content does not change the work), one list for a single ControlNet, one list per ControlNet for several."""
+    import PIL.Image
+
+    video = [PIL.Image.new("RGB", (width, height)) for _ in range(frames)]
+    return video if controlnets == 1 else [list(video) for _ in range(controlnets)]
+
+
+def first_tensor(inputs: str) -> str:
+    """The first tensor of a :func:`describe` text: ``float32[2, 4, 16, 64, 64]``."""
+    match = re.search(r"\w+\[[^\]]*\]", inputs)
+    return match.group(0) if match else inputs
+
+
+def unet_and_controlnet_flops(models: Dict[str, Dict]) -> Tuple[int, int]:
+    """A run's FLOPs split into the UNets' and the ControlNets'."""
+    control = sum(m["flops"] for name, m in models.items() if name.startswith("controlnet"))
+    return sum(m["flops"] for m in models.values()) - control, control
 
 
 def main(argv: Optional[List[str]] = None) -> Dict:
@@ -357,7 +488,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             sys.path.insert(0, folder)
     import tempfile
 
-    from full_size_models import FULL_SIZE, full_size_pipeline
+    from full_size_models import FULL_SIZE, FULL_SIZE_MODELS, full_size_pipeline
     from ivmixed.registry import PIPELINES
     from ivmixed.runtime import quiet_libraries
 
@@ -367,32 +498,58 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
+    p.add_argument("--controlnets", type=int, default=0,
+                   help="full-size ControlNets (on meta) with one control image per frame, counted as the UNets are "
+                        "(pipelines with a ControlNet architecture: "
+                        + ", ".join(n for n, m in FULL_SIZE_MODELS.items() if m.controlnet) + ")")
     args = p.parse_args(argv)
+    if args.controlnets < 0:
+        p.error("--controlnets must be 0 or more")
+    models = FULL_SIZE_MODELS.get(args.pipeline)
+    if args.controlnets and (models is None or models.controlnet is None):
+        p.error(f"--controlnets: no full-size ControlNet architecture for {args.pipeline}")
     quiet_libraries()
     height, width = args.height or FULL_SIZE[args.pipeline][0], args.width or FULL_SIZE[args.pipeline][1]
     with tempfile.TemporaryDirectory(prefix="ivmixed-flops-") as folder:
-        pipe = full_size_pipeline(args.pipeline, folder, unet_device="meta")
+        pipe = full_size_pipeline(args.pipeline, folder, unet_device="meta", controlnets=args.controlnets)
     pipe.set_progress_bar_config(disable=True)
     kwargs = dict(prompt="a red fox running through fresh snow", negative_prompt="blurry", num_frames=args.frames,
                   height=height, width=width, num_inference_steps=args.steps,
                   generator=torch.Generator("cpu").manual_seed(0))
+    if args.controlnets:
+        kwargs["conditioning_frames"] = control_frames(args.frames, height, width, args.controlnets)
     params = parameter_counts(pipe)
     print(f"{args.pipeline} at full size: parameters (fp16 GB = 2 bytes each)")
     for name, entry in params.items():
-        print(f"  {name} ({entry['class']}): {entry['parameters']:,} ({entry['fp16_gb']:.3f} GB)")
+        nets = f", {entry['nets']} nets" if "nets" in entry else ""
+        print(f"  {name} ({entry['class']}{nets}): {entry['parameters']:,} ({entry['fp16_gb']:.3f} GB)")
     results = run_flops(pipe, kwargs)
-    print(f"{args.pipeline}, {args.frames} frames, {height}x{width} px, {args.steps} steps: UNet work")
+    work = "UNet and ControlNet work" if args.controlnets else "UNet work"
+    print(f"{args.pipeline}, {args.frames} frames, {height}x{width} px, {args.steps} steps: {work}")
     for name, r in results.items():
         per_call = per_guided_call(r["models"], r["network_calls"])
         total = sum(m["flops"] for m in r["models"].values())
-        parts = ", ".join(f"{m} {r['network_calls'][m]} guided calls x "
-                          f"{per_call[m] / 1e12:.2f} TFLOP" for m in r["models"] if per_call[m])
+        calls = {m: "evaluations" if m.startswith("controlnet") else "guided calls" for m in r["models"]}
+        parts = ", ".join(f"{m} {r['network_calls'][m]} {calls[m]} x {per_call[m] / 1e12:.2f} TFLOP"
+                          for m in r["models"] if per_call[m])
         print(f"  {name}: {total / 1e15:.3f} PFLOP ({parts})")
         for m, entry in r["models"].items():
             for sig in entry["signatures"]:
-                sample = sig["inputs"].split("]")[0] + "]"  # the first positional input: the latents
-                print(f"    {m} UNet forward, sample {sample}: {sig['calls']} calls x "
-                      f"{sig['flops_per_call'] / 1e12:.4f} TFLOP")
+                sample = first_tensor(sig["inputs"])  # the first input: the latents (positional or sample=)
+                if m.startswith("controlnet"):
+                    cond = first_tensor(sig["inputs"].split("controlnet_cond=")[1])
+                    what = f"{m} forward (ControlNet {sig['net']}), sample {sample}, controlnet_cond {cond}"
+                else:
+                    what = f"{m} UNet forward, sample {sample}"
+                print(f"    {what}: {sig['calls']} calls x {sig['flops_per_call'] / 1e12:.4f} TFLOP")
+    if args.controlnets:
+        plural = "s add" if args.controlnets > 1 else " adds"
+        print(f"What {args.controlnets} ControlNet{plural} (without: the UNets' work alone; adding the residuals is "
+              "elementwise work, not counted)")
+        for name, r in results.items():
+            unet, control = unet_and_controlnet_flops(r["models"])
+            print(f"  {name}: without {unet / 1e15:.3f} PFLOP, with {(unet + control) / 1e15:.3f} PFLOP "
+                  f"(+{control / 1e15:.3f} PFLOP, +{100 * control / unet:.1f}%)")
     results["parameters"] = params
     return results
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
-from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, MotionAdapter, UNet2DConditionModel,
-                       UNet3DConditionModel)
+from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, DPMSolverMultistepScheduler, MotionAdapter,
+                       UNet2DConditionModel, UNet3DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from ivmixed.models import VideoCrafterUNet3DConditionModel
@@ -30,6 +30,35 @@ SD15_UNET_CONFIG = dict(
     cross_attention_dim=768,
     attention_head_dim=8,
     norm_num_groups=32,
+)
+# lllyasviel/control_v11p_sd15_openpose, config.json: ControlNetModel.from_unet of the SD 1.5 UNet above (its encoder
+# half and mid block, with a zero convolution per residual) plus the control image's embedding (16/32/96/256
+# channels from a 3-channel RGB image at the pixel size down to the latent size). Every SD 1.5 ControlNet v1.1
+# (openpose, canny, depth, ...) has this architecture: 361,279,120 parameters (tests/test_flops.py).
+SD15_CONTROLNET_CONFIG = dict(
+    in_channels=4,
+    conditioning_channels=3,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    only_cross_attention=False,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    downsample_padding=1,
+    mid_block_scale_factor=1,
+    act_fn="silu",
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    use_linear_projection=False,
+    class_embed_type=None,
+    num_class_embeds=None,
+    upcast_attention=False,
+    resnet_time_scale_shift="default",
+    projection_class_embeddings_input_dim=None,
+    controlnet_conditioning_channel_order="rgb",
+    conditioning_embedding_out_channels=(16, 32, 96, 256),
 )
 # guoyww/animatediff-motion-adapter-v1-5-3 (its config.json has no motion mid block)
 MOTION_ADAPTER_V153_CONFIG = dict(
@@ -176,6 +205,7 @@ class FullSizeModels:
     scheduler: Callable[[], object]
     image_unet: Dict  # UNet2DConditionModel config of the image model
     unets: Callable[[], Dict]  # the video model: ``unet`` (and ``motion_adapter``)
+    controlnet: Optional[Dict] = None  # ControlNetModel config, for a pipeline that takes ControlNets
 
 
 FULL_SIZE_MODELS: Dict[str, FullSizeModels] = {
@@ -183,6 +213,7 @@ FULL_SIZE_MODELS: Dict[str, FullSizeModels] = {
         size=(512, 512), vae=SD_VAE_CONFIG, text=_sd_text,
         scheduler=_scheduler(DDIMScheduler, sd_scheduler, DDIM_SETTINGS),
         image_unet=SD15_UNET_CONFIG, unets=_motion(SD15_UNET_CONFIG, MOTION_ADAPTER_V153_CONFIG),
+        controlnet=SD15_CONTROLNET_CONFIG,
     ),
     "ModelScope": FullSizeModels(
         size=(256, 256), vae=SD_VAE_CONFIG, text=_t2v_text,
@@ -206,18 +237,32 @@ FULL_SIZE_MODELS: Dict[str, FullSizeModels] = {
 FULL_SIZE = {name: models.size for name, models in FULL_SIZE_MODELS.items()}
 
 
+def full_size_controlnet(pipeline: str = "Animatediff", device="cpu", seed: int = 0) -> ControlNetModel:
+    """The full-size ControlNet architecture of ``pipeline``'s image model, with random weights, on ``device``."""
+    config = FULL_SIZE_MODELS[pipeline].controlnet if pipeline in FULL_SIZE_MODELS else None
+    if config is None:
+        raise ValueError(f"no full-size ControlNet architecture for pipeline {pipeline!r}")
+    torch.manual_seed(seed)
+    with torch.device(device):
+        return ControlNetModel(**config).eval()
+
+
 def full_size_pipeline(pipeline: str, folder: str, dtype: torch.dtype = torch.float32, device="cpu", seed: int = 0,
-                       unet_device=None):
+                       unet_device=None, controlnets: int = 0):
     """``pipeline`` with its real architectures and random weights, built on ``device`` in ``dtype``.
 
     The tokenizer is the character-level one (written to ``folder``): prompt lengths differ from CLIP's BPE, but
     every prompt is padded to 77 tokens, so the text encoders' work is the same. ``unet_device`` builds the UNets
     (and AnimateDiff's motion adapter) elsewhere: ``"meta"`` gives shapes without weights, for counting FLOPs
-    on a machine that could not hold or run them (``flops.py``).
+    on a machine that could not hold or run them (``flops.py``). ``controlnets`` registers that many full-size
+    ControlNets (:func:`full_size_controlnet`, on ``unet_device``) as the pipeline's ``controlnet`` (several as
+    one ``MultiControlNetModel``), for the pipelines that take them.
     """
     models = FULL_SIZE_MODELS.get(pipeline)
     if models is None:
         raise ValueError(f"no full-size architecture for pipeline {pipeline!r}")
+    if controlnets and models.controlnet is None:
+        raise ValueError(f"no full-size ControlNet architecture for pipeline {pipeline!r}")
     unet_device = device if unet_device is None else unet_device
     torch.manual_seed(seed)
     with torch.device(device):
@@ -229,4 +274,9 @@ def full_size_pipeline(pipeline: str, folder: str, dtype: torch.dtype = torch.fl
         components.update(models.unets())
         # inside the device context: AnimateDiff's constructors build the motion UNet from the 2D one
         pipe = PIPELINES[pipeline].pipeline_class()(vae=vae, image_unet=image_unet, **components)
+    if controlnets:
+        from ivmixed.pipelines.control import controlnet_of
+
+        nets = [full_size_controlnet(pipeline, unet_device, seed=seed + 1 + i) for i in range(controlnets)]
+        pipe.register_modules(controlnet=controlnet_of(nets))
     return pipe.to(dtype=dtype)

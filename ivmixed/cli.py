@@ -26,8 +26,8 @@ from .terminal import install_terminal
 
 logger = logging.getLogger("ivmixed")
 
-GROUPS = ("what to generate", "IV-mixed sampling (quality vs temporal coherence)", "models", "output and run",
-          "speed and memory")
+GROUPS = ("what to generate", "IV-mixed sampling (quality vs temporal coherence)", "guiding the video (input files)",
+          "models", "output and run", "speed and memory")
 
 
 def prog_name() -> str:

@@ -25,7 +25,7 @@ from .prompts import SEED_LIMIT, prompt_problem, read_text_file, text_problem
 from .registry import CHECKPOINT_KEYS, PIPELINES, PipelineSpec, find_pipeline
 from .runtime import DTYPE_NAMES
 from .schedulers import BETA_SCHEDULES, SCHEDULER_NAMES, TIMESTEP_SPACINGS
-from .settings import IVMixedSettings, ReferenceCompat
+from .settings import IVMixedSettings, ReferenceCompat, kept_steps
 
 ConfigError = SettingError  # the name the rest of the package and its users know
 
@@ -93,7 +93,27 @@ def _motion_loras(values: Tuple[str, ...]) -> Optional[str]:
     return next((problem for problem in map(motion_lora_problem, values) if problem), None)
 
 
+def _fraction(v: float) -> Optional[str]:
+    return None if math.isfinite(v) and 0.0 <= v <= 1.0 else f"must be a fraction from 0 to 1, got {v}"
+
+
+def _controlnet_scales(values: Tuple[str, ...]) -> Optional[str]:
+    for value in values:
+        try:
+            number = float(value)
+        except ValueError:
+            return f"must be numbers, got {quote(value)}"
+        if not math.isfinite(number) or number < 0:
+            return f"must be finite numbers >= 0, got {quote(value)}"
+    return None
+
+
+def _strength(v: float) -> Optional[str]:
+    return None if math.isfinite(v) and 0.0 < v <= 1.0 else f"must be more than 0 and at most 1, got {v}"
+
+
 WHAT, MODELS, OUTPUT, SPEED = "what to generate", "models", "output and run", "speed and memory"
+GUIDE = "guiding the video (input files)"
 
 
 @dataclass(frozen=True)
@@ -133,6 +153,37 @@ class RunConfig:
     reference_compat: bool = _setting(False, "reproduce the published implementation's per-pipeline details "
                                       "(see the README's table); at most 50 steps", WHAT)
     iv_mixed: IVMixedSettings = field(default_factory=IVMixedSettings)
+
+    init_video: Optional[str] = _setting(
+        None, "video-to-video: a video file (mp4, webm, mov, mkv, avi, gif) or a folder of frame images to start "
+        "from; its first {num_frames} frames, scaled to cover the run's size and centre-cropped", GUIDE,
+        metavar="FILE")
+    strength: float = _setting(0.8, "with {init_video}: how much of it is repainted, more than 0 and at most 1: the "
+                               "last int(steps * strength) steps run, from the video noised to the first of them",
+                               GUIDE, _strength)
+    ip_adapter: Optional[str] = _setting(
+        None, "IP-Adapter weights, loaded into both the video and the image UNet: h94/IP-Adapter (the pipeline "
+        "family's default weights), a hub file owner/repo/sub/name.safetensors, a folder laid out like "
+        "h94/IP-Adapter, or a weights file with an image_encoder folder beside it", GUIDE, metavar="ID_OR_FILE")
+    ip_adapter_image: Optional[str] = _setting(None, "with {ip_adapter}: the image prompt (an image file) both models "
+                                               "see at every step", GUIDE, metavar="FILE")
+    ip_adapter_scale: float = _setting(1.0, "with {ip_adapter}: the strength of the image prompt", GUIDE,
+                                       _finite_at_least_0)
+    controlnet: Tuple[str, ...] = _setting(
+        (), "Animatediff: an SD 1.5 ControlNet (hub id or diffusers folder, e.g. "
+        "lllyasviel/control_v11p_sd15_openpose) that both models follow; repeat for several, each with its "
+        "{controlnet_video}", GUIDE, metavar="ID_OR_FOLDER")
+    controlnet_video: Tuple[str, ...] = _setting(
+        (), "the control video of each {controlnet}, in the same order: a video file or a folder of per-frame control "
+        "images, already preprocessed (pose, depth or edge maps); its first {num_frames} frames, scaled to cover the "
+        "run's size and centre-cropped", GUIDE, metavar="FILE")
+    controlnet_scale: Tuple[str, ...] = _setting(
+        (), "the strength of each {controlnet} (default 1): one value for all, or one per ControlNet", GUIDE,
+        _controlnet_scales, metavar="SCALE")
+    control_guidance_start: float = _setting(0.0, "the fraction of the steps (that run) after which the ControlNets "
+                                             "start to act, 0 to 1", GUIDE, _fraction)
+    control_guidance_end: float = _setting(1.0, "the fraction of the steps after which the ControlNets stop acting, "
+                                           "0 to 1 and after {control_guidance_start}", GUIDE, _fraction)
 
     video_model: Optional[str] = _setting(None, "hub id, local folder or single file (Animatediff's base: a .safetensors/"
                                           ".ckpt, or owner/repo/name.safetensors) of the video model (default: the "
@@ -199,6 +250,14 @@ class RunConfig:
     def model_sources(self) -> Dict[str, str]:
         """The checkpoints this pipeline loads: given ones, else the pipeline's defaults."""
         return {c.key: getattr(self, c.key) or c.default for c in self.spec.checkpoints}
+
+    @property
+    def steps_run(self) -> int:
+        """The main steps that run: all of them, or with an ``init_video`` the last ``int(steps * strength)``
+        (what the interval, ``zz`` and the guidance schedules count)."""
+        if self.init_video is None:
+            return self.inference_step
+        return kept_steps(self.inference_step, self.strength)
 
     def settings(self) -> Dict[str, Any]:
         """Every setting by its flat name (the YAML keys), as the run record stores them."""
@@ -451,7 +510,13 @@ def check(config: RunConfig) -> Tuple[SettingWarning, ...]:
         if set_here and not spec.takes(key):
             owner = next(p.name for p in PIPELINES.values() if p.takes(key))
             raise ConfigError(f"{{{key}}} applies to {{pipeline}} {owner} only")
-    config.iv_mixed.check(config.inference_step)
+    if config.init_video is not None:
+        try:
+            config.steps_run
+        except ValueError:
+            raise ConfigError(f"{{strength}} {config.strength:g} keeps no step of {config.inference_step} "
+                              "{inference_step} (int(steps * strength) is 0); raise {strength} or {inference_step}") from None
+    config.iv_mixed.check(config.steps_run)
     if not config.tiny:
         from .single_file import check_sources
 
@@ -475,12 +540,64 @@ def check(config: RunConfig) -> Tuple[SettingWarning, ...]:
                           "(its UNet is not a Stable Diffusion 1.5 UNet); use {lora_target} image")
     if config.lora:
         check_lora(config.lora, config.lora_target)
+    _check_guide_inputs(config)
     if config.lora_scale is not None and config.lora is None:
         raise ConfigError("{lora_scale} is the strength of a {lora}, and no {lora} is given; give one or drop "
                           "{lora_scale}")
     check_fits_memory(config)
     _check_runtime(config)  # last: it imports torch
     return unused_settings(config)
+
+
+def _check_guide_inputs(config: RunConfig) -> None:
+    """The guiding input files and their settings, checked before any model loads: each file exists, decodes
+    and is large enough (its header only, see :mod:`ivmixed.guide_files`), and each strength has its input."""
+    from .guide_files import check_image, check_video
+    from .ip_adapter import check_ip_adapter_source
+
+    defaults = RunConfig()
+    if config.init_video is None and config.strength != defaults.strength:
+        raise ConfigError("{strength} is how much of an {init_video} is repainted, and no {init_video} is given; "
+                          "give one or drop {strength}")
+    if config.ip_adapter is None:
+        for key in ("ip_adapter_image", "ip_adapter_scale"):
+            if getattr(config, key) != getattr(defaults, key):
+                raise ConfigError(f"{{{key}}} needs an {{ip_adapter}} to load into the UNets; give one or drop {{{key}}}")
+    elif config.ip_adapter_image is None:
+        raise ConfigError("{ip_adapter} needs the image prompt to show the models: give {ip_adapter_image}")
+    if config.init_video is not None:
+        check_video(config.init_video, "init_video", config.num_frames)
+    _check_controlnets(config, defaults)
+    if config.ip_adapter is not None:
+        if config.tiny and not os.path.exists(os.path.expanduser(config.ip_adapter)):
+            raise ConfigError("{tiny} runs random tiny UNets, which only an IP-Adapter built for them fits: give "
+                              "{ip_adapter} a local folder of one (ivmixed.testing.save_tiny_ip_adapter)")
+        check_ip_adapter_source(config.spec, config.ip_adapter)
+        check_image(config.ip_adapter_image, "ip_adapter_image")
+
+
+def _check_controlnets(config: RunConfig, defaults: RunConfig) -> None:
+    from .controlnets import check_controlnet_sources
+    from .guide_files import check_video
+
+    nets, videos = config.controlnet, config.controlnet_video
+    if not nets:
+        for key in ("controlnet_video", "controlnet_scale", "control_guidance_start", "control_guidance_end"):
+            if getattr(config, key) != getattr(defaults, key):
+                raise ConfigError(f"{{{key}}} goes with a {{controlnet}}, and none is given; give one or drop {{{key}}}")
+        return
+    if len(videos) != len(nets):
+        raise ConfigError(f"{len(nets)} {{controlnet}} and {len(videos)} {{controlnet_video}}: give one control video "
+                          "per ControlNet, in the same order")
+    if len(config.controlnet_scale) not in (0, 1, len(nets)):
+        raise ConfigError(f"{len(config.controlnet_scale)} {{controlnet_scale}} values for {len(nets)} {{controlnet}}: "
+                          "give one for all, or one per ControlNet")
+    if config.control_guidance_start >= config.control_guidance_end:
+        raise ConfigError(f"{{control_guidance_start}} {config.control_guidance_start:g} must be before "
+                          f"{{control_guidance_end}} {config.control_guidance_end:g}")
+    check_controlnet_sources(nets, tiny=config.tiny)
+    for video in videos:
+        check_video(video, "controlnet_video", config.num_frames)
 
 
 def unused_settings(config: RunConfig) -> Tuple[SettingWarning, ...]:
@@ -559,7 +676,7 @@ def with_resolved_runtime(config: RunConfig) -> RunConfig:
 
     device, dtype_name, _ = pick_device_and_dtype(config.device, config.dtype)
     return replace(config, device=str(device), dtype=dtype_name,
-                   iv_mixed=config.iv_mixed.resolved(config.inference_step))
+                   iv_mixed=config.iv_mixed.resolved(config.steps_run))
 
 
 def preset(config: RunConfig) -> Dict[str, Any]:

@@ -57,6 +57,31 @@ def model_identity(config: RunConfig) -> Dict[str, str]:
     return models
 
 
+def guide_identity(config: RunConfig) -> Dict[str, Any]:
+    """The guiding inputs as they change frames: files by content, with their strengths (given ones only, so the
+    fingerprints of runs without them stay as they were)."""
+    from .guide_files import file_identity
+
+    out: Dict[str, Any] = {}
+    if config.init_video is not None:
+        out["init_video"] = {"file": file_identity(config.init_video, frames=config.num_frames),
+                             "strength": config.strength}
+    if config.ip_adapter is not None:
+        out["ip_adapter"] = {"weights": source_identity(config.ip_adapter), "image": file_identity(config.ip_adapter_image),
+                             "scale": config.ip_adapter_scale}
+    if config.controlnet:
+        from .controlnets import scales
+
+        out["controlnet"] = {
+            "nets": [{"model": source_identity(net), "video": file_identity(video, frames=config.num_frames),
+                      "scale": scale}
+                     for net, video, scale in zip(config.controlnet, config.controlnet_video,
+                                                  scales(config.controlnet_scale, len(config.controlnet)))],
+            "guidance": [config.control_guidance_start, config.control_guidance_end],
+        }
+    return out
+
+
 def identities(config: RunConfig, job: Job, lora: Optional[Dict[str, Any]],
                context: Optional[Tuple[int, int]] = None) -> Dict[str, Dict[str, Any]]:
     """What the standard and the IV-mixed video of ``job`` are made from (``config`` resolved: dtype set)."""
@@ -86,7 +111,10 @@ def identities(config: RunConfig, job: Job, lora: Optional[Dict[str, Any]],
         from .motion_lora import loaded_motion_loras, motion_lora_identity
 
         standard["motion_lora"] = motion_lora_identity(loaded_motion_loras(config.motion_lora, config.tiny))
-    iv_mixed = {**standard, "iv_mixed": asdict(config.iv_mixed.resolved(config.inference_step)),
+    guides = guide_identity(config)
+    if guides:
+        standard["guides"] = guides
+    iv_mixed = {**standard, "iv_mixed": asdict(config.iv_mixed.resolved(config.steps_run)),
                 "reference_compat": config.reference_compat}
     return {"standard": standard, "iv_mix": iv_mixed}
 

@@ -16,8 +16,10 @@ from .config import COMPILE_MODES, OFFLOAD_MODES
 
 logger = logging.getLogger(__name__)
 
-# The networks the sampler calls on every step (the ones worth compiling and measuring).
+# The UNets the sampler calls on every step (the ones worth compiling and measuring).
 UNET_NAMES = ("unet", "image_unet")
+# Everything called on every step: the UNets and, where one is loaded, the ControlNet that feeds them.
+STEP_MODULES = UNET_NAMES + ("controlnet",)
 
 
 def _modules(pipe) -> Dict[str, torch.nn.Module]:
@@ -87,7 +89,7 @@ def _offload_keeping_unets(pipe, gpu_id=None, device=None) -> None:
     if offload_device is not None and same_device and _hooks_still_placed(pipe):
         for hook in pipe._all_hooks:
             hook.offload()
-        for name in UNET_NAMES:
+        for name in STEP_MODULES:
             module = getattr(pipe, name, None)
             if isinstance(module, torch.nn.Module):
                 module.to(offload_device)  # a no-op while it stays there
@@ -100,7 +102,8 @@ def enable_offload(pipe, mode: str, device) -> List[str]:
     for the whole run (the others wait on the CPU until called).
 
     - ``"none"``: ``pipe.to(device)``, every module resident.
-    - ``"model"``: the UNets (``UNET_NAMES``, called at every step) are moved to ``device`` once and stay there,
+    - ``"model"``: the UNets and a loaded ControlNet (``STEP_MODULES``, called at every step) are moved to
+      ``device`` once and stay there,
       across pipeline calls too; the modules used once per call (text encoders, image encoder, VAE) get diffusers'
       model offload hooks: each moves to the device when called and back when the next one in the pipeline's
       ``model_cpu_offload_seq`` runs, or at the end of the call. Done with diffusers' own machinery: the UNets are
@@ -124,12 +127,13 @@ def enable_offload(pipe, mode: str, device) -> List[str]:
         return []
     chain = type(pipe).model_cpu_offload_seq
     if chain is not None:
-        pipe.model_cpu_offload_seq = "->".join(name for name in chain.split("->") if name not in UNET_NAMES)
+        pipe.model_cpu_offload_seq = "->".join(name for name in chain.split("->") if name not in STEP_MODULES)
+    resident = [name for name in STEP_MODULES if name in _modules(pipe)]
     excluded = list(type(pipe)._exclude_from_cpu_offload)
-    pipe._exclude_from_cpu_offload = excluded + [name for name in UNET_NAMES if name not in excluded]
+    pipe._exclude_from_cpu_offload = excluded + [name for name in resident if name not in excluded]
     type(pipe).enable_model_cpu_offload(pipe, device=device)
     pipe.enable_model_cpu_offload = functools.partial(_offload_keeping_unets, pipe)
-    return sorted(name for name in _modules(pipe) if name in UNET_NAMES)
+    return sorted(resident)
 
 
 def apply_performance_options(
@@ -149,7 +153,7 @@ def apply_performance_options(
     GPU and the text encoders and VAE move there only while used; ``"model-swap"`` offloads the UNets too (each
     crosses to the GPU when called); ``"sequential"`` moves submodule by submodule (least memory, slowest). Offload
     needs an accelerator; ``record["resident"]`` names the modules placed on the device for the whole run.
-    ``compile`` wraps both UNets in ``torch.compile`` with ``compile_mode`` (``reduce-overhead``: CUDA graphs); ``channels_last`` converts their 2D convolutions;
+    ``compile`` wraps both UNets (and a loaded ControlNet) in ``torch.compile`` with ``compile_mode`` (``reduce-overhead``: CUDA graphs); ``channels_last`` converts their 2D convolutions;
     ``vae_slicing`` decodes one frame at a time, ``vae_tiling`` decodes large frames in overlapping tiles.
     """
     if offload not in OFFLOAD_MODES:
@@ -165,7 +169,7 @@ def apply_performance_options(
     if compile and offload == "sequential":
         raise ValueError("compile cannot be combined with offload='sequential' (its per-submodule weight hooks "
                          "break the compiled graphs); use offload='model' or 'none'")
-    unets = {name: module for name, module in _modules(pipe).items() if name in UNET_NAMES}
+    unets = {name: module for name, module in _modules(pipe).items() if name in STEP_MODULES}
     record: Dict = {"device": str(device), "offload": offload, "compile": compile,
                     "compile_mode": compile_mode if compile else None, "channels_last": channels_last,
                     "vae_slicing": vae_slicing, "vae_tiling": vae_tiling}

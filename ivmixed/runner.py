@@ -123,7 +123,8 @@ class PipelineCache:
                 config.video_model_config, config.image_model_config, config.motion_lora, config.scheduler,
                 config.timestep_spacing, config.beta_schedule, config.dtype,
                 config.device, config.lora, config.lora_scale, config.lora_target, config.offload, config.compile,
-                config.compile_mode, config.channels_last, config.vae_slicing, config.vae_tiling)
+                config.compile_mode, config.channels_last, config.vae_slicing, config.vae_tiling, config.ip_adapter,
+                config.ip_adapter_scale, config.controlnet)
 
     def get(self, config: RunConfig) -> LoadedPipeline:
         key = self.key(config)
@@ -173,6 +174,16 @@ def load_pipeline(config: RunConfig) -> LoadedPipeline:
         from .motion_lora import apply_motion_loras, loaded_motion_loras
 
         motion_lora_records = apply_motion_loras(pipe, loaded_motion_loras(config.motion_lora, config.tiny))
+    ip_adapter_record = None
+    if config.ip_adapter:
+        from .ip_adapter import load_ip_adapter
+
+        ip_adapter_record = load_ip_adapter(pipe, config.ip_adapter, config.ip_adapter_scale)
+    controlnet_records = None
+    if config.controlnet:
+        from .controlnets import load_controlnets
+
+        controlnet_records = load_controlnets(pipe, config.controlnet, torch_dtype(config.dtype))
     if config.scheduler or config.timestep_spacing or config.beta_schedule:
         from .schedulers import make_scheduler
 
@@ -187,6 +198,8 @@ def load_pipeline(config: RunConfig) -> LoadedPipeline:
                    **{k: getattr(config, k) for k in EXTRA_MODEL_SOURCES if getattr(config, k) and not config.tiny}},
         "lora": lora_record,
         "motion_lora": motion_lora_records,
+        "ip_adapter": ip_adapter_record,
+        "controlnet": controlnet_records,
         "load_s": round(time.perf_counter() - t0, 3),
         "cpu_threads": threads,
         "performance": performance,
@@ -308,6 +321,30 @@ class Runner:
             raise SettingError(f"{{lora}}: {exc}") from None
 
     @cached_property
+    def guide_inputs(self) -> Dict[str, Any]:
+        """The pipeline keywords of the guiding input files (:mod:`ivmixed.guide_files`), read once per run: the
+        init video's frames at the run's size with its strength, the IP-Adapter image."""
+        from .guide_files import read_image, read_video
+
+        config, out = self.config, {}
+        if config.init_video is not None:
+            out.update(video=read_video(config.init_video, config.num_frames, config.width, config.height),
+                       strength=config.strength)
+        if config.ip_adapter is not None:
+            out["ip_adapter_image"] = read_image(config.ip_adapter_image)
+        if config.controlnet:
+            from .controlnets import scales
+
+            videos = [read_video(v, config.num_frames, config.width, config.height, key="controlnet_video")
+                      for v in config.controlnet_video]
+            strengths = scales(config.controlnet_scale, len(videos))
+            out.update(conditioning_frames=videos[0] if len(videos) == 1 else videos,
+                       controlnet_conditioning_scale=strengths[0] if len(videos) == 1 else strengths,
+                       control_guidance_start=config.control_guidance_start,
+                       control_guidance_end=config.control_guidance_end)
+        return out
+
+    @cached_property
     def context(self) -> Optional[Tuple[int, int]]:
         """``(length, stride)`` of FreeNoise's context windows for this run, or None (see
         :func:`ivmixed.prompt_schedule.context_settings`)."""
@@ -364,6 +401,8 @@ class Runner:
         made by :meth:`plan`, not to plan again."""
         config = self.config
         plan = plan if plan is not None else self.plan(jobs)
+        if plan.todo:
+            self.guide_inputs  # the input files decode, read before any model loads
         # Loaded before any process group exists: transformers saves (the tiny checkpoints) on rank 0 only after.
         loaded = self.pipelines.get(config) if plan.todo else None
         state = process_state(config)
@@ -488,7 +527,7 @@ class Runner:
         import torch
 
         config = self.config
-        total = config.inference_step
+        total = config.steps_run
 
         def step_end(pipeline, i, t, tensors):
             if self.on_step is not None:
@@ -526,6 +565,7 @@ class Runner:
             kwargs.update(vars(config.iv_mixed))
         if "fps_condition" in config.spec.options:
             kwargs["fps"] = config.fps_condition
+        kwargs.update(self.guide_inputs)
         out = pipe(**kwargs)
         if getattr(pipe, "interrupt", False):
             raise RunStopped("stopped")
@@ -572,7 +612,10 @@ class Runner:
                     logger.warning("replacing %s (%s)", name, "--overwrite" if config.overwrite else
                                    "no record lists it: the run that made it stopped before finishing its prompt")
                 write_video(video, os.path.join(folder, name), config.fps)
-                logger.info("wrote %s (%s)", name, ", ".join(f"{k} calls: {v}" for k, v in calls[n][kind].items()))
+                logger.info("wrote %s (%s)", name, ", ".join(
+                    f"{k.replace('controlnet_', 'ControlNet evaluations for the ')}" + (": " if k.startswith("control")
+                                                                                     else " calls: ") + str(v)
+                    for k, v in calls[n][kind].items()))
         for item, seen in zip(items, frames):
             self._write_comparisons(item, seen)
         records = []
@@ -621,9 +664,11 @@ class Runner:
         """
         config, job = self.config, outputs.job
         compat = type(loaded.pipe).reference_compat_options if config.reference_compat else None
-        expected = {"iv_mix": count_network_calls(config.inference_step, config.iv_mixed, reference_compat=compat)}
+        nets = len(config.controlnet)
+        expected = {"iv_mix": count_network_calls(config.steps_run, config.iv_mixed, reference_compat=compat,
+                                                  controlnets=nets)}
         if "standard" in outputs.files:
-            expected["standard"] = count_network_calls(config.inference_step, None)
+            expected["standard"] = count_network_calls(config.steps_run, None, controlnets=nets)
             if "standard" not in calls:  # made by an earlier run (shared by every IV-mixed setting)
                 calls["standard"] = measured(previous, "network_calls").get("standard", expected["standard"])
         if "iv_mix" not in calls and previous is not None:
@@ -709,11 +754,30 @@ def describe_job(job: Job, limit: int = 60) -> str:
 def contact_caption(config: RunConfig, job: Job) -> str:
     from .compare import caption_prompt
 
-    iv = config.iv_mixed.resolved(config.inference_step)
+    iv = config.iv_mixed.resolved(config.steps_run)
+    guides = "".join(f" | {text}" for text in guide_captions(config))
     return (f"{caption_prompt(job.prompt)} | seed {job.seed} | {config.pipeline}, {config.inference_step} steps, guidance "
-            f"{config.guidance_scale:g} | IV-mixed: interval {iv.interval_begin}-{iv.interval_end}, zz {iv.zz}, "
+            f"{config.guidance_scale:g}{guides} | IV-mixed: interval {iv.interval_begin}-{iv.interval_end}, zz {iv.zz}, "
             f"image w {iv.i_sigma_begin:g}->{iv.i_sigma_end:g}, video w {iv.v_sigma_begin:g}->{iv.v_sigma_end:g}, "
             f"rho {iv.rho:g}" + (", reference-compat" if config.reference_compat else ""))
+
+
+def guide_captions(config: RunConfig) -> List[str]:
+    """The guiding inputs of a run, as the contact sheet names them."""
+    out = []
+    if config.init_video is not None:
+        out.append(f"from {os.path.basename(os.path.normpath(config.init_video))} at strength {config.strength:g} "
+                   f"({config.steps_run} of {config.inference_step} steps)")
+    if config.ip_adapter is not None:
+        out.append(f"image prompt {os.path.basename(config.ip_adapter_image)} at {config.ip_adapter_scale:g}")
+    if config.controlnet:
+        from .controlnets import scales
+
+        for net, video, scale in zip(config.controlnet, config.controlnet_video,
+                                     scales(config.controlnet_scale, len(config.controlnet))):
+            out.append(f"ControlNet {os.path.basename(os.path.normpath(net))} on "
+                       f"{os.path.basename(os.path.normpath(video))} at {scale:g}")
+    return out
 
 
 __all__ = ["LoadedPipeline", "PipelineCache", "Plan", "RunReport", "RunStopped", "Runner", "Todo", "load_pipeline",

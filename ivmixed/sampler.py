@@ -141,6 +141,8 @@ def sample_iv_mixed(
     progress_bar: Callable[[int], ContextManager] = _tqdm_bar,
     should_stop: Optional[Callable[[], bool]] = None,
     reference_compat: Optional[ReferenceCompat] = None,
+    start: int = 0,
+    step_started: Optional[Callable[[int], None]] = None,
 ) -> torch.Tensor:
     """Run the main scheduler's steps over ``x``, with the IV-mixed zigzag before each step in the interval.
 
@@ -150,14 +152,23 @@ def sample_iv_mixed(
     runs after every step and may return replacement latents. ``should_stop()`` is asked before every step;
     once true the loop ends and the latents are returned as they are (diffusers' ``interrupt``).
     ``reference_compat`` switches on the published code's deviations from docs/ALGORITHM.md (default: none).
+
+    ``start`` skips the first main steps (video-to-video: ``x`` is noised to ``scheduler.timesteps[start]``).
+    The zigzag's stride stays that of the whole schedule, ``T // scheduler.num_inference_steps``; the steps that
+    run are the ones the settings count (the interval, ``zz`` and the guidance schedules run over them, step 0
+    being the first that runs). ``step_started(i)`` is told when step ``i`` (of those that run) begins, before its
+    zigzag: for conditioning that follows the step, not the timestep (ControlNet's guidance start and end).
     """
     compat = _compat(reference_compat)
-    timesteps = scheduler.timesteps
+    if not 0 <= start < len(scheduler.timesteps):
+        raise ValueError(f"start must be a step of the schedule's {len(scheduler.timesteps)}, got {start}")
+    timesteps = scheduler.timesteps[start:]
     num_steps = len(timesteps)
     step_kwargs = step_kwargs or {}
     if settings is not None:
-        host_timesteps = _host_timesteps(scheduler)
-        stride = zigzag_stride(scheduler, host_timesteps)
+        schedule_timesteps = _host_timesteps(scheduler)
+        stride = zigzag_stride(scheduler, schedule_timesteps)
+        host_timesteps = schedule_timesteps[start:]
         settings = settings.resolved(num_steps)
         compat.check(num_steps)
         if image_model is None and image_model_needed(settings, compat):
@@ -177,6 +188,8 @@ def sample_iv_mixed(
         for i, t in enumerate(timesteps):
             if should_stop is not None and should_stop():
                 break
+            if step_started is not None:
+                step_started(i)
             if settings is not None and settings.in_interval(i):
                 to_vp = scheduler.scale_model_input(unit, t)
                 vp = x if to_vp is unit else x * to_vp
@@ -261,15 +274,24 @@ def _per_frame_step(scheduler, eps, t, x, step_kwargs):
 
 
 def count_network_calls(
-    total_steps: int, settings: Optional[IVMixedSettings], reference_compat: Optional[ReferenceCompat] = None
+    total_steps: int, settings: Optional[IVMixedSettings], reference_compat: Optional[ReferenceCompat] = None,
+    controlnets: int = 0,
 ) -> Dict[str, int]:
     """Guided network evaluations a run will make, per model: the arithmetic of docs/ALGORITHM.md, for planning.
 
-    ``reference_compat`` (a pipeline's ``reference_compat_options``) counts a reference-compatible run."""
+    ``reference_compat`` (a pipeline's ``reference_compat_options``) counts a reference-compatible run. With
+    ``controlnets`` ControlNets, every guided call of either UNet also runs each of them once (on both halves):
+    ``controlnet_video`` and ``controlnet_image`` count those evaluations."""
     compat = _compat(reference_compat)
     counts = {"video": total_steps, "image": 0}
-    if settings is None:
-        return counts
+    if settings is not None:
+        _count_zigzags(counts, total_steps, settings, compat)
+    if controlnets:
+        counts.update(controlnet_video=counts["video"] * controlnets, controlnet_image=counts["image"] * controlnets)
+    return counts
+
+
+def _count_zigzags(counts: Dict[str, int], total_steps: int, settings: IVMixedSettings, compat: ReferenceCompat):
     settings = settings.resolved(total_steps)
     compat.check(total_steps)
     for i in settings.zigzag_steps():
@@ -278,4 +300,3 @@ def count_network_calls(
             counts["video"] += 2
         else:
             counts["video"] += 4
-    return counts

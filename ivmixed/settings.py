@@ -128,3 +128,15 @@ class ReferenceCompat:
 
 
 NO_DEVIATIONS = ReferenceCompat(table_length=None)  # the algorithm of docs/ALGORITHM.md
+
+
+def kept_steps(num_inference_steps: int, strength: float) -> int:
+    """The main steps video-to-video runs at ``strength``: diffusers' rule, the last ``int(N * strength)``; one
+    ``ValueError`` line where that is none."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be more than 0 and at most 1, got {strength}")
+    kept = min(int(num_inference_steps * strength), num_inference_steps)
+    if kept < 1:
+        raise ValueError(f"strength {strength:g} keeps no step of {num_inference_steps} (int(steps * strength) is 0); "
+                         "raise the strength or the number of steps")
+    return kept

@@ -396,3 +396,93 @@ def tiny_pipeline(pipeline: str = "Animatediff"):
     pipe = load_tiny(spec)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# -- IP-Adapter ---------------------------------------------------------------------------------------------------
+
+# The image embedding width of the tiny IP-Adapters' image encoders, per family (h94's ViT-H gives 1024, ViT-bigG
+# 1280): unlike each other, so an encoder of the wrong family is refused by width as a real one would be.
+TINY_IP_IMAGE_EMBED_DIMS = {"Stable Diffusion 1.5": 16, "SDXL": 24}
+TINY_IMAGE_ENCODER_SIZE = 32  # the tiny image encoder's image_size (h94's encoders: 224)
+
+
+def tiny_image_encoder(seed: int = 0, image_embed_dim: int = 16):
+    """A tiny random ``CLIPVisionModelWithProjection`` (32 px images, hidden 32) giving ``image_embed_dim``-wide
+    ``image_embeds``: an IP-Adapter's image encoder."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=TINY_IMAGE_ENCODER_SIZE, patch_size=8, projection_dim=image_embed_dim)
+    return CLIPVisionModelWithProjection(config).eval()
+
+
+def tiny_ip_adapter_state_dict(unet, seed: int = 0, image_embed_dim: int = 16, num_tokens: int = 4):
+    """Random IP-Adapter weights for ``unet`` in the original layout, flat as its ``.safetensors`` files hold them:
+    ``image_proj.proj.*`` (image embedding -> ``num_tokens`` context tokens), ``image_proj.norm.*``, and
+    ``ip_adapter.{1, 3, 5, ...}.to_k_ip.weight`` / ``to_v_ip.weight`` for its cross-attention layers in the order of
+    ``unet.attn_processors`` (as diffusers reads them, :func:`ivmixed.ip_adapter.ip_layer_shapes`)."""
+    from .ip_adapter import ip_layer_shapes
+
+    if num_tokens != 4:  # diffusers reads this layout (ImageProjection) as 4 tokens, whatever the file holds
+        raise ValueError(f"the plain IP-Adapter layout has 4 image tokens in diffusers, got num_tokens={num_tokens}")
+    width = unet.config.cross_attention_dim
+    generator = torch.Generator().manual_seed(seed)
+
+    def random(*shape, scale=0.2):
+        return (torch.randn(*shape, generator=generator) * scale).contiguous()
+
+    state = {
+        "image_proj.proj.weight": random(num_tokens * width, image_embed_dim),
+        "image_proj.proj.bias": random(num_tokens * width),
+        "image_proj.norm.weight": 1 + random(width, scale=0.05),
+        "image_proj.norm.bias": random(width, scale=0.05),
+    }
+    for index, (_, hidden, _) in enumerate(ip_layer_shapes(unet)):
+        state[f"ip_adapter.{2 * index + 1}.to_k_ip.weight"] = random(hidden, width)
+        state[f"ip_adapter.{2 * index + 1}.to_v_ip.weight"] = random(hidden, width)
+    return state
+
+
+def save_tiny_ip_adapter(folder: str, unet, seed: int = 0, image_embed_dim: Optional[int] = None,
+                         num_tokens: int = 4) -> str:
+    """A tiny random IP-Adapter for ``unet`` (an SD 1.5 or SDXL-layout UNet, or the 2D UNet a motion UNet is built
+    from) saved in ``folder`` laid out like ``h94/IP-Adapter``: ``models/ip-adapter_sd15.safetensors`` and
+    ``models/image_encoder`` (an SDXL UNet, ``addition_embed_type="text_time"``: ``sdxl_models/...sdxl...``).
+    diffusers builds the default ``CLIPImageProcessor`` (sized to the encoder's 32 px) when it loads the adapter
+    into a pipeline without a ``feature_extractor``, so none is saved, as h94's folders have none. Returns
+    ``folder``, a source for :func:`ivmixed.ip_adapter.load_ip_adapter`."""
+    from safetensors.torch import save_file
+
+    from .ip_adapter import DEFAULT_WEIGHTS, IMAGE_ENCODER
+
+    family = "SDXL" if getattr(unet.config, "addition_embed_type", None) == "text_time" else "Stable Diffusion 1.5"
+    image_embed_dim = image_embed_dim or TINY_IP_IMAGE_EMBED_DIMS[family]
+    subfolder, weight_name = DEFAULT_WEIGHTS[family]
+    os.makedirs(os.path.join(folder, subfolder), exist_ok=True)
+    save_file(tiny_ip_adapter_state_dict(unet, seed, image_embed_dim, num_tokens),
+              os.path.join(folder, subfolder, weight_name))
+    tiny_image_encoder(seed + 1, image_embed_dim).save_pretrained(os.path.join(folder, subfolder, IMAGE_ENCODER))
+    return folder
+
+
+# -- ControlNet -----------------------------------------------------------------------------------------------
+
+
+def tiny_controlnet(seed: int = 0, unet: Optional[UNet2DConditionModel] = None):
+    """A ControlNet of the tiny SD 1.5 UNet's shapes (diffusers' ``ControlNetModel.from_unet``), with every weight
+    random, its zero-initialised output convolutions too, so its residuals change the frames."""
+    from diffusers import ControlNetModel
+
+    net = ControlNetModel.from_unet(unet if unet is not None else tiny_image_unet(seed)).eval()
+    generator = torch.Generator().manual_seed(seed + 500)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return net
+
+
+def save_tiny_controlnet(folder: str, seed: int = 0) -> str:
+    """:func:`tiny_controlnet` saved as a diffusers ControlNet folder (what ``--tiny --controlnet FOLDER`` takes)."""
+    tiny_controlnet(seed).save_pretrained(folder)
+    return folder

@@ -2,6 +2,7 @@
 in this process, a silent progress bar for the sampler, and a count of the host traffic a GPU would wait on."""
 
 import collections
+import inspect
 import json
 import math
 import os
@@ -109,9 +110,10 @@ class HostTraffic(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def reference_zigzag_run(scheduler, latents, n, gs, zz, w_image, w_video, video, image):
+def reference_zigzag_run(scheduler, latents, n, gs, zz, w_image, w_video, video, image, start=0):
     """docs/ALGORITHM.md section 1 with constant guidance weights, written out on guided predictors
-    ``video(x, t, w)`` and ``image(x, t, w)`` over video latents: the four DDIM moves, then the main step."""
+    ``video(x, t, w)`` and ``image(x, t, w)`` over video latents: the four DDIM moves, then the main step; from
+    main step ``start`` on (video-to-video), counting steps from there, with the stride of all ``n`` steps."""
     scheduler.set_timesteps(n)
     ac, D = scheduler.alphas_cumprod.tolist(), 1000 // n
 
@@ -122,7 +124,7 @@ def reference_zigzag_run(scheduler, latents, n, gs, zz, w_image, w_video, video,
         return math.sqrt(b) * (x - math.sqrt(1 - a) * e) / math.sqrt(a) + math.sqrt(1 - b) * e
 
     x = latents
-    for i, t in enumerate(scheduler.timesteps.tolist()):
+    for i, t in enumerate(scheduler.timesteps.tolist()[start:]):
         t1, t2 = max(t - D, 0), max(t - 2 * D, 0)
         M, wM = (image, w_image) if i % zz < zz - 1 else (video, w_video)
         x = move(x, M(x, t, wM), ab(t), ab(t - D))
@@ -131,3 +133,10 @@ def reference_zigzag_run(scheduler, latents, n, gs, zz, w_image, w_video, video,
         x = move(x, video(x, t1, -w_video), ab(t - D), ab(t))
         x = scheduler.step(video(x, t, gs), t, x).prev_sample
     return x
+
+
+def stock_components(pipe, stock_class):
+    """``pipe``'s components that diffusers' ``stock_class`` takes (not the image model's, nor another pipeline's
+    optional ones), to build the stock pipeline over the same modules."""
+    taken = inspect.signature(stock_class.__init__).parameters
+    return {name: module for name, module in pipe.components.items() if name in taken}

@@ -5,7 +5,7 @@ import torch
 from diffusers import AnimateDiffPipeline
 
 from ivmixed import IVMixedAnimateDiffPipeline
-from runs import reference_zigzag_run
+from runs import reference_zigzag_run, stock_components
 
 FRAMES, SIZE = 4, 64  # 8x8 latents
 
@@ -15,7 +15,7 @@ def initial_latents(seed=0):
 
 
 def stock_pipeline(pipe):
-    stock = AnimateDiffPipeline(**{k: v for k, v in pipe.components.items() if k != "image_unet"})
+    stock = AnimateDiffPipeline(**stock_components(pipe, AnimateDiffPipeline))
     stock.set_progress_bar_config(disable=True)
     return stock
 

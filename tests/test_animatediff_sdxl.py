@@ -13,11 +13,9 @@ from ivmixed import IVMixedAnimateDiffSDXLPipeline, count_network_calls
 from ivmixed.sampler import IVMixedSettings
 from ivmixed.testing import save_tiny_animatediff_sdxl, save_tiny_sdxl
 
-from runs import files_of, only_record, reference_zigzag_run, run_main
+from runs import files_of, only_record, reference_zigzag_run, run_main, stock_components
 
 FRAMES, SIZE = 3, 64  # 8x8 latents
-STOCK_PARTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "motion_adapter",
-               "scheduler", "image_encoder", "feature_extractor")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +44,7 @@ def noise(videos=1, seed=0, frames=FRAMES):
 
 
 def stock_pipeline(pipe):
-    stock = AnimateDiffSDXLPipeline(**{k: v for k, v in pipe.components.items() if k in STOCK_PARTS})
+    stock = AnimateDiffSDXLPipeline(**stock_components(pipe, AnimateDiffSDXLPipeline))
     stock.set_progress_bar_config(disable=True)
     return stock
 

@@ -254,3 +254,94 @@ def test_full_size_sdxl_run_is_counted_on_meta(full_size_sdxl):
     assert independent.attention > 0.05 * independent.total and independent.layers > 0
     counted = result["models"]["video"]["signatures"][0]["flops_per_call"]
     assert counted == pytest.approx(independent.total, rel=0.01), (counted, independent.layers, independent.attention)
+
+
+# -- a full-size SD 1.5 ControlNet under IV-mixed AnimateDiff, on meta ---------------------------------------
+
+CN_FRAMES, CN_SIZE, CN_STEPS = 2, 128, 2  # pixels; on meta the size costs nothing, the CPU loop stays small
+
+
+@pytest.fixture(scope="module")
+def full_size_animatediff(tmp_path_factory):
+    """The full-size AnimateDiff (SD 1.5) architectures, every network on ``meta``."""
+    import full_size_models
+
+    return full_size_models.full_size_pipeline("Animatediff", str(tmp_path_factory.mktemp("animatediff")),
+                                               device="meta")
+
+
+def test_full_size_controlnet_is_the_sd15_controlnet():
+    """The written-out config is ControlNetModel.from_unet of the SD 1.5 UNet config, and its parameter count
+    is that of the SD 1.5 ControlNets (about 361 M)."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    import full_size_models
+
+    net = full_size_models.full_size_controlnet(device="meta")
+    with torch.device("meta"):
+        derived = ControlNetModel.from_unet(UNet2DConditionModel(**full_size_models.SD15_UNET_CONFIG))
+    mine = {k: v for k, v in net.config.items() if not k.startswith("_")}
+    assert mine == {k: v for k, v in derived.config.items() if not k.startswith("_")}
+    assert sum(p.numel() for p in net.parameters()) == 361_279_120
+    assert sum(p.numel() for p in derived.parameters()) == 361_279_120
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_full_size_controlnet_run_is_counted_on_meta(full_size_animatediff, count):
+    """flops.py's --controlnets path: the real IV-mixed loop around meta UNets and ControlNets, every ControlNet
+    forward recorded under the UNet it feeds, the calls equal to count_network_calls(..., controlnets=count), the
+    same FLOPs per ControlNet call for video and image calls (the same rows), equal to an independent count."""
+    import PIL.Image
+
+    import full_size_models
+    from ivmixed import count_network_calls
+    from ivmixed.pipelines.control import controlnet_of
+    from ivmixed.sampler import IVMixedSettings
+
+    pipe = full_size_animatediff
+    nets = [full_size_models.full_size_controlnet(device="meta", seed=s) for s in range(count)]
+    pipe.register_modules(controlnet=controlnet_of(nets))
+    pipe.set_progress_bar_config(disable=True)
+    embeds = torch.zeros(1, 77, 768)
+    video = [PIL.Image.new("RGB", (CN_SIZE, CN_SIZE)) for _ in range(CN_FRAMES)]
+    call = dict(prompt_embeds=embeds, negative_prompt_embeds=embeds, num_frames=CN_FRAMES, height=CN_SIZE,
+                width=CN_SIZE, num_inference_steps=CN_STEPS, generator=torch.Generator("cpu").manual_seed(0),
+                conditioning_frames=video if count == 1 else [video] * count)
+    try:
+        results = flops.run_flops(pipe, call, device="cpu")
+    finally:
+        pipe.register_modules(controlnet=None)
+    settings = IVMixedSettings(zz=type(pipe).default_zz)
+    latent, rows = CN_SIZE // 8, 2 * CN_FRAMES  # both halves, one row per frame
+    per_call = {}
+    for name, expected in (("standard", count_network_calls(CN_STEPS, None, controlnets=count)),
+                           ("iv_mixed", count_network_calls(CN_STEPS, settings, controlnets=count))):
+        result = results[name]
+        assert result["network_calls"] == expected
+        models = result["models"]
+        assert expected["controlnet_image"] == (0 if name == "standard" else expected["image"] * count)
+        for model in ("video", "image"):
+            entry = models[f"controlnet_{model}"]
+            assert entry["forward_calls"] == expected[f"controlnet_{model}"]
+            assert sorted(sig["net"] for sig in entry["signatures"]) == (list(range(count)) if expected[model] else [])
+            for sig in entry["signatures"]:
+                assert flops.first_tensor(sig["inputs"]) == f"float32[{rows}, 4, {latent}, {latent}]"
+                assert f"controlnet_cond=float32[{rows}, 3, {CN_SIZE}, {CN_SIZE}]" in sig["inputs"]
+                assert sig["calls"] == expected[model] and sig["flops_per_call"] > 0
+                per_call.setdefault(sig["net"], set()).add(sig["flops_per_call"])
+            assert entry["flops"] == sum(s["calls"] * s["flops_per_call"] for s in entry["signatures"])
+    assert results["iv_mixed"]["models"]["controlnet_image"]["forward_calls"] > 0
+    (flops_per_call,) = set.union(*per_call.values())  # video and image calls, every net: one figure
+    # the ControlNet counted independently (hooks on every layer, from shapes: they work on meta)
+    net, meta = nets[0], dict(device="meta")
+    independent = IndependentCount(net)
+    try:
+        with torch.no_grad():
+            net(torch.zeros(rows, 4, latent, latent, **meta), torch.tensor(981, **meta),
+                encoder_hidden_states=torch.zeros(rows, 77, 768, **meta),
+                controlnet_cond=torch.zeros(rows, 3, CN_SIZE, CN_SIZE, **meta), conditioning_scale=1.0,
+                guess_mode=False, return_dict=False)
+    finally:
+        independent.remove()
+    assert independent.attention > 0 and independent.layers > 0
+    assert flops_per_call == pytest.approx(independent.total, rel=0.01), (flops_per_call, independent.total)

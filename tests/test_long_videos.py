@@ -3,6 +3,7 @@ and the prompt-schedule / context-window helpers of ivmixed.prompt_schedule."""
 
 import pytest
 import torch
+from runs import stock_components
 from diffusers import AnimateDiffPipeline
 
 from ivmixed import IVMixedAnimateDiffPipeline, IVMixedSettings, count_network_calls
@@ -25,7 +26,7 @@ def pipes(animatediff_paths):
     """Our pipeline and diffusers' stock one over the same components: their own copies, so that FreeNoise
     (which swaps the motion modules' blocks) stays out of the session-wide pipeline."""
     ours = IVMixedAnimateDiffPipeline.from_checkpoints(**animatediff_paths)
-    stock = AnimateDiffPipeline(**{k: v for k, v in ours.components.items() if k != "image_unet"})
+    stock = AnimateDiffPipeline(**stock_components(ours, AnimateDiffPipeline))
     for p in (ours, stock):
         p.set_progress_bar_config(disable=True)
     return ours, stock

@@ -5,6 +5,7 @@ import inspect
 
 import pytest
 import torch
+from runs import stock_components
 from diffusers import AnimateDiffPipeline
 
 from ivmixed import IVMixedAnimateDiffPipeline, IVMixedModelScopePipeline, IVMixedVideoCrafterPipeline
@@ -27,7 +28,7 @@ def modelscope_pipe(tmp_path_factory):
 
 
 def stock_animatediff(pipe):
-    stock = AnimateDiffPipeline(**{k: v for k, v in pipe.components.items() if k != "image_unet"})
+    stock = AnimateDiffPipeline(**stock_components(pipe, AnimateDiffPipeline))
     stock.set_progress_bar_config(disable=True)
     return stock
 

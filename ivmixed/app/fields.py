@@ -7,8 +7,10 @@ apart from both.
 from typing import Any, Dict
 
 from ..config import SETTINGS
-from ..errors import SettingError
+from ..errors import SettingError, spell_names
 from ..flags import flag
+from ..guide_files import IMAGE_FORMATS, VIDEO_EXTENSIONS
+from ..settings import kept_steps
 
 # What each field of the page is called; errors name settings by these labels.
 LABELS: Dict[str, str] = {
@@ -44,11 +46,70 @@ LABELS: Dict[str, str] = {
     "scheduler": "Sampler",
     "timestep_spacing": "Timestep spacing",
     "beta_schedule": "Noise schedule",
+    "init_video": "Init video",
+    "strength": "Strength",
+    "ip_adapter": "IP-Adapter",
+    "ip_adapter_image": "IP-Adapter image",
+    "ip_adapter_scale": "IP-Adapter scale",
+    "controlnet": "ControlNet",
+    "controlnet_video": "Control video",
+    "controlnet_scale": "ControlNet scale",
+    "control_guidance_start": "ControlNet start",
+    "control_guidance_end": "ControlNet end",
 }
 # The page's model and sampler fields, in order; blank means the pipeline's own.
 MODEL_FIELDS = ("video_model", "motion_adapter", "unet", "image_model", "video_model_config", "image_model_config",
                 "vae", "motion_lora", "scheduler", "timestep_spacing", "beta_schedule")
 PIPELINE_OWN = "pipeline's own"
+
+# The page's fields that guide the video with input files, in order; an empty upload or blank text means none.
+GUIDE_FIELDS = ("init_video", "strength", "ip_adapter", "ip_adapter_image", "ip_adapter_scale", "controlnet",
+                "controlnet_video", "controlnet_scale", "control_guidance_start", "control_guidance_end")
+# Of those, the uploads: each arrives as the path of a file (Gradio's temporary copy of it).
+UPLOAD_FIELDS = ("init_video", "ip_adapter_image", "controlnet_video")
+# The page has one ControlNet slot: these repeatable settings take one value from it (none without a ControlNet).
+CONTROLNET_FIELDS = ("controlnet", "controlnet_video", "controlnet_scale")
+# What goes only with a ControlNet: without one the page sends these settings' defaults, whatever its sliders show.
+CONTROLNET_ONLY = ("controlnet_scale", "control_guidance_start", "control_guidance_end")
+
+# What a guiding field adds to its setting's help on the page (which way it moves the video, or what the upload
+# takes where the setting's help says more than a page can upload).
+GUIDE_NOTES: Dict[str, str] = {
+    "strength": "Higher repaints more of the input (more of the prompt, less of the video's look and motion); "
+                "lower keeps closer to it. 1 repaints it all.",
+    "ip_adapter": "Blank: none.",
+    "ip_adapter_image": "A " + ", ".join(IMAGE_FORMATS[:-1]) + " or " + IMAGE_FORMATS[-1] + " file.",
+    "ip_adapter_scale": "Higher follows the image prompt more, 0 ignores it.",
+    "controlnet": "Blank: none.",
+    "control_guidance_start": "Later leaves the early layout to the prompt.",
+    "control_guidance_end": "Earlier lets the models finish the details freely.",
+}
+# The init video's upload says what it takes itself: the setting's help also offers a folder of frames, which a
+# page cannot upload.
+INIT_VIDEO_HELP = ("Video-to-video: a video file ({kinds}) to start from instead of noise; its first {{num_frames}} "
+                   "frames, scaled to cover the run's size and centre-cropped (a folder of frame images works from the "
+                   "command line). Empty: text-to-video.").format(
+    kinds=", ".join(e.lstrip(".") for e in VIDEO_EXTENSIONS))
+_KINDS = ", ".join(e.lstrip(".") for e in VIDEO_EXTENSIONS)
+# The ControlNet slot's own help: the settings' help speaks of several ControlNets (the command line repeats
+# {controlnet}) and of folders of frames, which a page cannot upload.
+PAGE_HELP: Dict[str, str] = {
+    "init_video": INIT_VIDEO_HELP,
+    "controlnet": "Animatediff only: an SD 1.5 ControlNet that both the video and the image model follow, a hub id "
+                  "such as lllyasviel/control_v11p_sd15_openpose or a local diffusers folder; it needs a "
+                  "{controlnet_video}",
+    "controlnet_video": f"The control video the {{controlnet}} follows: a video file ({_KINDS}), already "
+                        "preprocessed (pose, depth or edge maps); its first {num_frames} frames, scaled to cover the "
+                        "run's size and centre-cropped (a folder of per-frame images works from the command line)",
+    "controlnet_scale": "The strength of the {controlnet}: higher follows the control video more closely, 0 "
+                        "ignores it",
+}
+CONTROLNET_NOTE = (f"one on the page; for several, repeat the command line's `{flag('controlnet')}`, each with its "
+                   f"`{flag('controlnet_video')}` (and `{flag('controlnet_scale')}` one for all or one each).")
+TINY_CONTROLNET_NOTE = ("Tiny random models take only a local folder of a tiny ControlNet "
+                        "(ivmixed.testing.save_tiny_controlnet).")
+TINY_IP_ADAPTER_NOTE = ("Tiny random models take only a local folder of a tiny IP-Adapter "
+                        "(ivmixed.testing.save_tiny_ip_adapter).")
 
 # Which way each knob moves frame quality against temporal coherence (its help text says what it is).
 DIRECTIONS: Dict[str, str] = {
@@ -90,14 +151,26 @@ PRESET_NOTES = {
 NO_LORA = "none"
 
 
+def _sentence(text: str) -> str:
+    """``text`` (a setting's help) as the page shows it: settings named by their labels, a capital, a full stop."""
+    text = spell_names(text.strip(), spell)
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith(".") else text + "."
+
+
 def knob_info(name: str) -> str:
     """The help sentence a knob shows: what it is (the setting's help) and which way it moves the trade-off."""
-    text = SETTINGS[name].help.strip()
-    text = text[:1].upper() + text[1:]
-    if not text.endswith("."):
-        text += "."
+    text = _sentence(SETTINGS[name].help)
     direction = DIRECTIONS.get(name)
     return f"{text} {direction}" if direction and "favours" not in text else text
+
+
+def guide_info(name: str) -> str:
+    """The help a guiding field shows: its setting's help (or the page's own, for the init video and the
+    ControlNet slot: what its field takes) and, where one is written, which way it moves the video."""
+    text = _sentence(PAGE_HELP.get(name, SETTINGS[name].help))
+    note = GUIDE_NOTES.get(name)
+    return f"{text} {note}" if note else text
 
 
 def preset_values(name: str, steps: int) -> Dict[str, Any]:
@@ -106,6 +179,19 @@ def preset_values(name: str, steps: int) -> Dict[str, Any]:
     if values["interval_end"] is not None:
         values["interval_end"] = int(round(values["interval_end"] * max(int(steps) - 1, 0)))
     return values
+
+
+def knob_steps(steps: Any, init_video: Any = None, strength: Any = None) -> int:
+    """The steps the IV-mixed knobs count (what a starting point's interval is a fraction of): all ``steps``, or
+    with an init video the last ``int(steps * strength)`` that run; all of them when the strength keeps none
+    (Generate says what is wrong with it)."""
+    steps = int(steps)
+    if not init_video or strength is None:
+        return steps
+    try:
+        return kept_steps(steps, float(strength))
+    except ValueError:
+        return steps
 
 
 def spell(name: str) -> str:

@@ -12,10 +12,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local tool: no t
 from ..config import IV_MIXED_KEYS, PIPELINE_NAMES, SETTINGS
 from ..errors import SettingError
 from ..lora_paths import DEFAULT_SCALE, available_loras, lora_search_dirs
-from .fields import (LABELS, MODEL_FIELDS, NO_LORA, PIPELINE_OWN, PRESET_NOTES, PRESETS, knob_info, preset_values,
+from .fields import (CONTROLNET_NOTE, GUIDE_FIELDS, LABELS, MODEL_FIELDS, NO_LORA, PIPELINE_OWN, PRESET_NOTES, PRESETS,
+                     TINY_CONTROLNET_NOTE, TINY_IP_ADAPTER_NOTE, guide_info, knob_info, knob_steps, preset_values,
                      render_error)
 from .state import App, RequestError
-from .tables import CALLS_HEADERS, HISTORY_HEADERS, history_choice, history_row, settings_difference
+from .tables import CALLS_HEADERS, HISTORY_HEADERS, calls_headers, history_choice, history_row, settings_difference
 
 VIDEO_HEIGHT = 320
 MAX_STEPS = 250
@@ -25,7 +26,7 @@ CSS = """
 
 GENERATE_INPUTS = ("prompt", "negative_prompt", "pipeline", "seed", "inference_step", "num_frames", "height", "width",
                    "guidance_scale") + IV_MIXED_KEYS + ("reference_compat", "lora", "lora_scale", "lora_target") + \
-    MODEL_FIELDS
+    MODEL_FIELDS + GUIDE_FIELDS
 
 
 def build_ui(app: App):
@@ -96,6 +97,55 @@ def build_ui(app: App):
                                                                   "folder keeps the strength it was merged at.")
                             fields["lora_target"] = gr.Radio(list(SETTINGS["lora_target"].choices),
                                                              value=start.lora_target, label=LABELS["lora_target"])
+                    with gr.Accordion("Guide the video", open=False, elem_id="guide"):
+                        gr.Markdown(f"- **{LABELS['init_video']}**: {guide_info('init_video')}\n"
+                                    f"- **{LABELS['ip_adapter_image']}**: {guide_info('ip_adapter_image')}\n"
+                                    f"- **{LABELS['controlnet']}**: {CONTROLNET_NOTE}\n"
+                                    f"- **{LABELS['controlnet_video']}**: {guide_info('controlnet_video')}",
+                                    elem_classes="preset-note")
+                        with gr.Row():
+                            # no file_types: gradio would refuse another kind with its own message and a traceback
+                            # in the log; the run's check says in one line what the file is and what it takes
+                            fields["init_video"] = gr.File(value=None, label=LABELS["init_video"], type="filepath",
+                                                           file_count="single", elem_id="guide-init_video")
+                            fields["strength"] = gr.Slider(0.05, 1, step=0.05, value=start_values["strength"],
+                                                           label=LABELS["strength"], info=guide_info("strength"),
+                                                           elem_id="guide-strength")
+                        with gr.Row():
+                            with gr.Column():
+                                fields["ip_adapter"] = gr.Textbox(
+                                    value=start_values["ip_adapter"] or "", label=LABELS["ip_adapter"],
+                                    info=guide_info("ip_adapter") + (" " + TINY_IP_ADAPTER_NOTE if app.tiny else ""),
+                                    placeholder="h94/IP-Adapter", elem_id="guide-ip_adapter")
+                                fields["ip_adapter_scale"] = gr.Slider(
+                                    0, 2, step=0.05, value=start_values["ip_adapter_scale"],
+                                    label=LABELS["ip_adapter_scale"], info=guide_info("ip_adapter_scale"),
+                                    elem_id="guide-ip_adapter_scale")
+                            # a gr.File, not a gr.Image: gr.Image opens the upload itself and fails on a bad file
+                            # with a traceback, where the run's check says in one line what is wrong with it
+                            fields["ip_adapter_image"] = gr.File(value=None, label=LABELS["ip_adapter_image"],
+                                                                 type="filepath", file_count="single",
+                                                                 elem_id="guide-ip_adapter_image")
+                        with gr.Row():
+                            with gr.Column():
+                                nets, scales = start_values["controlnet"], start_values["controlnet_scale"]
+                                fields["controlnet"] = gr.Textbox(
+                                    value=nets[0] if nets else "", label=LABELS["controlnet"],
+                                    info=guide_info("controlnet") + (" " + TINY_CONTROLNET_NOTE if app.tiny else ""),
+                                    placeholder="lllyasviel/control_v11p_sd15_openpose", elem_id="guide-controlnet")
+                                fields["controlnet_scale"] = gr.Slider(
+                                    0, 2, step=0.05, value=float(scales[0]) if scales else 1.0,
+                                    label=LABELS["controlnet_scale"], info=guide_info("controlnet_scale"),
+                                    elem_id="guide-controlnet_scale")
+                            # a gr.File, like the init video's: the run's check says what is wrong with a file
+                            fields["controlnet_video"] = gr.File(value=None, label=LABELS["controlnet_video"],
+                                                                 type="filepath", file_count="single",
+                                                                 elem_id="guide-controlnet_video")
+                        with gr.Row():
+                            for name in ("control_guidance_start", "control_guidance_end"):
+                                fields[name] = gr.Slider(0, 1, step=0.05, value=start_values[name],
+                                                         label=LABELS[name], info=guide_info(name),
+                                                         elem_id=f"guide-{name}")
                     with gr.Accordion("Models and sampler", open=False):
                         gr.Markdown("Blank fields use the pipeline's own. A model is a hub id, a folder or a single "
                                     ".safetensors file (Civitai style; its config comes from the config field or "
@@ -176,8 +226,12 @@ def build_ui(app: App):
                      guidance_scale, interval_begin, interval_end, zz, i_sigma_begin, i_sigma_end, v_sigma_begin,
                      v_sigma_end, rho, reference_compat, lora, lora_scale, lora_target, video_model, motion_adapter,
                      unet, image_model, video_model_config, image_model_config, vae, motion_lora, scheduler,
-                     timestep_spacing, beta_schedule, random_seed,
-                     request: gr.Request, progress=gr.Progress()):
+                     timestep_spacing, beta_schedule, init_video=None, strength=None, ip_adapter=None,
+                     ip_adapter_image=None, ip_adapter_scale=None, controlnet=None, controlnet_video=None,
+                     controlnet_scale=None, control_guidance_start=None, control_guidance_end=None, random_seed=False,
+                     request: gr.Request = None, progress=gr.Progress()):
+            # the uploads' None defaults make them optional parameters for gradio_client (an empty upload has no
+            # value to default to); gradio passes every input, so nothing else sees these defaults
             given = {name: value for name, value in locals().items() if name in GENERATE_INPUTS}
             labels = {"iv_mix": "IV-mixed video", "standard": "Standard video"}
 
@@ -191,7 +245,8 @@ def build_ui(app: App):
             except RequestError as exc:
                 raise gr.Error(exc.message, title=exc.title, print_exception=False) from None
             f = result.files
-            return (result.seed, f.get("standard"), f.get("iv_mix"), f.get("contact_sheet"), result.calls,
+            table = {"headers": calls_headers(result.calls), "data": result.calls}  # ControlNet columns as needed
+            return (result.seed, f.get("standard"), f.get("iv_mix"), f.get("contact_sheet"), table,
                     result.record_path or None, result.status)
 
         # the endpoint's parameters are named after the settings (gradio_client calls them by these names)
@@ -212,8 +267,8 @@ def build_ui(app: App):
         stop_button.click(stop, None, status, api_name="stop", concurrency_limit=None, cancels=[event])
 
         def apply_preset(name):
-            def set_knobs(steps):
-                values = preset_values(name, steps)
+            def set_knobs(steps, init_video, strength):
+                values = preset_values(name, knob_steps(steps, init_video, strength))
                 end = values["interval_end"]
                 values["interval_end"] = "" if end is None else str(end)  # a text field: empty = last step
                 return [values[k] for k in PRESET_KEYS]
@@ -221,7 +276,8 @@ def build_ui(app: App):
 
         PRESET_KEYS = tuple(PRESETS["Balanced"])
         for name, button in preset_buttons.items():
-            button.click(apply_preset(name), fields["inference_step"], [fields[k] for k in PRESET_KEYS],
+            button.click(apply_preset(name), [fields["inference_step"], fields["init_video"], fields["strength"]],
+                         [fields[k] for k in PRESET_KEYS],
                          api_visibility="private", concurrency_limit=None)
 
         def on_pipeline(pipeline):

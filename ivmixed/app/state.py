@@ -21,7 +21,7 @@ from ..failures import describe_failure
 from ..flags import flag
 from ..lora_paths import resolve_lora
 from ..manifest import Manifest
-from .fields import NO_LORA, PIPELINE_OWN, render_error, spell
+from .fields import CONTROLNET_FIELDS, CONTROLNET_ONLY, NO_LORA, PIPELINE_OWN, UPLOAD_FIELDS, render_error, spell
 from .tables import calls_table
 
 logger = logging.getLogger("ivmixed")
@@ -43,6 +43,77 @@ class RequestError(Exception):
         super().__init__(message)
         self.message = message
         self.title = title
+
+
+def _upload_path(key: str, value: Any) -> Optional[str]:
+    """An upload field's value as a path: a path string (Gradio's temporary copy, named as the file was) or a
+    file's data as Gradio's client or API sends it (``{"path": ...}``); empty or ``None``: no file."""
+    if isinstance(value, Mapping):
+        value = value.get("path")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        raise RequestError(f"{spell(key)} must be an uploaded file, got {type(value).__name__}")
+    return str(value)
+
+
+def _number_text(value: float) -> str:
+    """``value`` as the command line would type it: short (0.7, 1), exact."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
+def _one_of(key: str, value: Any) -> tuple:
+    """The page's single value for repeatable setting ``key`` (its one ControlNet slot) as the setting's tuple: the
+    source's text, the upload's path or the scale's number; empty: none. A tuple or list (the API, or a value
+    read back from a record) is taken as it is."""
+    if isinstance(value, (tuple, list)):
+        if key in UPLOAD_FIELDS:
+            return tuple(path for path in (_upload_path(key, v) for v in value) if path is not None)
+        return tuple(str(v) for v in value)
+    if key in UPLOAD_FIELDS:
+        path = _upload_path(key, value)
+        return () if path is None else (path,)
+    if key == "controlnet_scale":
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return ()
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise RequestError(f"{spell(key)} must be a number, got {value!r}") from None
+        return (_number_text(number),)
+    if value is None:
+        return ()
+    if not isinstance(value, str):
+        raise RequestError(f"{spell(key)} must be text, got {type(value).__name__}")
+    return (value.strip(),) if value.strip() else ()
+
+
+def _upload_error(exc: SettingError, settings: Mapping[str, Any]) -> str:
+    """The page's line for ``exc``, each uploaded file named by its file name, not the path of Gradio's copy (a
+    folder of hashes under the temporary folder): the line says what is wrong with the file the user picked."""
+    message = render_error(exc)
+    for key in UPLOAD_FIELDS:
+        value = settings.get(key)
+        for path in value if isinstance(value, (tuple, list)) else (value,):  # a repeatable one: each of its files
+            if isinstance(path, str) and _is_upload(path) and path in message:
+                message = message.replace(path, f"{_file_name(path)} (uploaded)")
+    return message
+
+
+def _is_upload(path: str) -> bool:
+    """Whether ``path`` is in Gradio's folder of uploads."""
+    import tempfile
+
+    folder = os.environ.get("GRADIO_TEMP_DIR") or os.path.join(tempfile.gettempdir(), "gradio")
+    try:
+        return os.path.commonpath([os.path.abspath(path), os.path.abspath(folder)]) == os.path.abspath(folder)
+    except ValueError:
+        return False
+
+
+def _file_name(path: str) -> str:
+    return os.path.basename(os.path.normpath(path)).replace("`", "'")
 
 
 @dataclass
@@ -99,7 +170,12 @@ class App:
         for key, value in values.items():
             if key not in SETTINGS:
                 raise TypeError(f"unknown setting {key}")
-            if isinstance(value, str):
+            if key in CONTROLNET_FIELDS:  # the page's one ControlNet slot
+                given[key] = _one_of(key, value)
+                continue
+            if key in UPLOAD_FIELDS:  # a file's path (Gradio's copy of an upload) or none: kept as it is
+                value = _upload_path(key, value)
+            elif isinstance(value, str):
                 value = value.strip() or None
             if key == "lora" and value == NO_LORA:
                 value = None
@@ -125,14 +201,23 @@ class App:
             raise RequestError(f"{spell('prompt')} is empty; describe the video to make")
         if given.get("lora") is None or _is_lora_folder(given["lora"]):
             given["lora_scale"] = None  # a strength applies to a .safetensors file only
+        if "controlnet" in given and not given["controlnet"]:
+            # the scale and start/end sliders always hold a value; without a ControlNet they say nothing, and the
+            # defaults go (not None: a config file's ControlNet values would come back and be refused)
+            for key in CONTROLNET_ONLY:
+                given[key] = SETTINGS[key].default
+        elif given.get("controlnet") and "controlnet_video" in given and not given["controlnet_video"]:
+            raise RequestError(f"{spell('controlnet')} needs a {spell('controlnet_video')} to follow: upload one, "
+                               f"or clear {spell('controlnet')}")
         given.update(output_dir=self.output_dir, side_by_side=True, tiny=self.tiny or None)
         return given
 
     def config(self, values: Mapping[str, Any]) -> RunConfig:
+        given = self.given(values)
         try:
-            return build_config(self.given(values), self.config_file)
+            return build_config(given, self.config_file)
         except SettingError as exc:
-            raise RequestError(render_error(exc)) from None
+            raise RequestError(_upload_error(exc, given)) from None
 
     def command_line(self, config: RunConfig) -> List[str]:
         """The ``ivmixed`` command that makes the same files: the values that differ from the CLI's defaults."""
@@ -204,8 +289,8 @@ class App:
                 t0 = time.perf_counter()
                 report = runner.run()
                 took = time.perf_counter() - t0
-        except SettingError as exc:
-            raise RequestError(render_error(exc)) from None
+        except SettingError as exc:  # an input file that changed or does not decode, found when read
+            raise RequestError(_upload_error(exc, config.settings())) from None
         except RunStopped:
             raise RequestError("stopped; files already complete are kept, and Generate with the same settings "
                                "makes the rest", title="Stopped") from None
@@ -265,6 +350,24 @@ class App:
                   + (f" in {took:.1f} s" if made else " with these settings and seed (found in the manifest; "
                      "shared with the command line)") + f" · seed {config.seed}",
                   f"Same files from the command line: `{shlex.join(record.get('command_line') or self.command_line(config))}`"]
+        guided = []
+        if config.init_video is not None:
+            guided.append(f"video-to-video from `{_file_name(config.init_video)}` at strength {config.strength:g}: "
+                          f"the last {config.steps_run} of {config.inference_step} steps ran")
+        if config.ip_adapter is not None:
+            guided.append(f"image prompt `{_file_name(config.ip_adapter_image)}` through IP-Adapter "
+                          f"`{config.ip_adapter}` at scale {config.ip_adapter_scale:g}")
+        if config.controlnet:
+            from ..controlnets import scales
+
+            span = (config.control_guidance_start, config.control_guidance_end)
+            when = "" if span == (0.0, 1.0) else f", from {span[0]:.0%} to {span[1]:.0%} of the steps that run"
+            for net, video, scale in zip(config.controlnet, config.controlnet_video,
+                                         scales(config.controlnet_scale, len(config.controlnet))):
+                name = _file_name(net) if os.path.exists(os.path.expanduser(net)) else net  # a folder; a hub id
+                guided.append(f"ControlNet `{name}` on `{_file_name(video)}` at scale {scale:g}{when}")
+        if guided:
+            status.append("Guided: " + "; ".join(guided) + ".")
         if config.tiny:
             status.append("Tiny random models: the videos are noise; they check the install, not quality.")
         return Result(config.seed, files, calls_table(record), record, files.get("record", ""), "\n\n".join(status),

@@ -7,19 +7,30 @@ from typing import Any, List, Mapping, Tuple
 
 VIDEO_LABELS = {"standard": "Standard", "iv_mix": "IV-mixed"}
 CALLS_HEADERS = ["Video", "Video-model calls", "Image-model calls", "Time (s)"]
+# Appended to the calls table only for a run with ControlNets: their evaluations beside each model's calls.
+CONTROLNET_KEYS = ("controlnet_video", "controlnet_image")
+CONTROLNET_HEADERS = ["ControlNet evaluations (video model)", "ControlNet evaluations (image model)"]
 
 
 def calls_table(record: Mapping[str, Any]) -> List[List[Any]]:
-    """Rows of guided network calls and seconds per video, standard first."""
+    """Rows of guided network calls and seconds per video, standard first; with ControlNets, their evaluations
+    for each model after the seconds (so the first four columns are the same with or without them)."""
     rows = []
     calls, timings = record.get("network_calls", {}), record.get("timings", {})
-    for kind in ("standard", "iv_mix"):
-        if kind in calls or kind in record.get("files", {}):
-            c = calls.get(kind, {})
-            seconds = timings.get(f"{kind}_s")
-            rows.append([VIDEO_LABELS[kind], c.get("video", ""), c.get("image", ""),
-                         "" if seconds is None else round(float(seconds), 2)])
+    kinds = [kind for kind in ("standard", "iv_mix") if kind in calls or kind in record.get("files", {})]
+    controlled = any(key in calls.get(kind, {}) for kind in kinds for key in CONTROLNET_KEYS)
+    for kind in kinds:
+        c = calls.get(kind, {})
+        seconds = timings.get(f"{kind}_s")
+        rows.append([VIDEO_LABELS[kind], c.get("video", ""), c.get("image", ""),
+                     "" if seconds is None else round(float(seconds), 2)]
+                    + ([c.get(key, "") for key in CONTROLNET_KEYS] if controlled else []))
     return rows
+
+
+def calls_headers(rows: List[List[Any]]) -> List[str]:
+    """The headers of the calls table ``rows``: the ControlNet columns where they have them."""
+    return (CALLS_HEADERS + CONTROLNET_HEADERS)[: max([len(CALLS_HEADERS)] + [len(row) for row in rows])]
 
 
 HISTORY_HEADERS = ["Finished (UTC)", "Prompt", "Seed", "Pipeline", "Steps", "Frames", "Size", "Guidance",
@@ -80,8 +91,18 @@ def settings_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> List[List
         return []
     fa, fb = flat(a), flat(b)
     keys = list(fa) + [k for k in fb if k not in fa]
-    return [[k, _cell(fa.get(k)), _cell(fb.get(k))] for k in keys if fa.get(k) != fb.get(k)]
+    return [[k, _cell(fa.get(k)), _cell(fb.get(k))] for k in keys if _same(fa.get(k)) != _same(fb.get(k))]
+
+
+def _same(value) -> Any:
+    """``value`` as compared: a repeatable setting's values (a list in a record, a tuple in a config) as a tuple,
+    none of them as ``None`` (a record from before the setting existed lacks it)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(value) or None
+    return value
 
 
 def _cell(value) -> str:
+    if isinstance(value, (list, tuple)):  # a repeatable setting: its values, in order
+        return ", ".join(map(str, value))
     return "" if value is None else str(value)

@@ -11,7 +11,8 @@ from .. import single_file
 from ..loading import is_single_file, loading
 from ..registry import PIPELINES as SPECS
 from ..registry import read_config
-from .common import IVMixedSamplingMixin, guided_predictor, per_frame_predictor
+from .common import IVMixedSamplingMixin, guided_predictor, per_frame_predictor, per_frame_rows
+from .control import MultiControlNetModel, controlnet_of
 from .long_video import check_free_noise_frames, encode_frame_prompts, frames_per_image_call, uses_frame_prompts
 
 SPEC = SPECS["Animatediff"]
@@ -31,7 +32,8 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
     # Model offload: calling a component offloads the one before it here. offload="model-swap" uses the whole
     # chain; IV-mixed alternates the two UNets, so the one listed first crosses to the GPU on every switch (the
     # image UNet, the smaller). offload="model" leaves both UNets out of it, on the GPU (performance.enable_offload).
-    model_cpu_offload_seq = "text_encoder->image_encoder->image_unet->unet->vae"
+    model_cpu_offload_seq = "text_encoder->image_encoder->image_unet->controlnet->unet->vae"
+    _optional_components = AnimateDiffPipeline._optional_components + ["controlnet"]
     default_zz = SPEC.defaults["zz"]
     # The published AnimateDiff code let M see x_t labelled t1 and the video model x_t1 labelled t.
     reference_compat_options = SPECS["Animatediff"].reference_compat
@@ -47,9 +49,10 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
         image_unet: UNet2DConditionModel,
         feature_extractor=None,
         image_encoder=None,
+        controlnet=None,
     ):
         super().__init__(vae, text_encoder, tokenizer, unet, motion_adapter, scheduler, feature_extractor, image_encoder)
-        self.register_modules(image_unet=image_unet)
+        self.register_modules(image_unet=image_unet, controlnet=controlnet_of(controlnet) if controlnet else None)
 
     @classmethod
     def from_checkpoints(
@@ -139,9 +142,28 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
         rho: float = 7.0,
         image_batch_size: Optional[int] = None,
         reference_compat: bool = False,
+        video=None,
+        strength: float = 0.8,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: Optional[List[torch.Tensor]] = None,
+        conditioning_frames=None,
+        controlnet_conditioning_scale: Union[float, List[float]] = 1.0,
+        control_guidance_start: Union[float, List[float]] = 0.0,
+        control_guidance_end: Union[float, List[float]] = 1.0,
     ):
         """Generate a video; the IV-mixed keywords are those of :class:`ivmixed.IVMixedSettings` (``zz=None``: the
         pipeline's preset, ``default_zz``).
+
+        Guiding inputs, as in diffusers: ``video`` (a list of PIL frames, or one list per prompt) with ``strength``
+        makes it video-to-video (diffusers' ``AnimateDiffVideoToVideoPipeline``: the last
+        ``int(num_inference_steps * strength)`` steps run, from the encoded frames noised to the first of them; the
+        interval, ``zz`` and the guidance schedules count the steps that run). ``ip_adapter_image`` (or
+        ``ip_adapter_image_embeds``) is an IP-Adapter image prompt, for a pipeline with an IP-Adapter loaded in
+        both UNets (:func:`ivmixed.ip_adapter.load_ip_adapter`): both models see its embeddings.
+        ``conditioning_frames`` (one control image per frame; for several ControlNets one such list each), with
+        ``controlnet_conditioning_scale`` and ``control_guidance_start/end``, as diffusers'
+        ``AnimateDiffControlNetPipeline`` takes them, for a pipeline with ``controlnet`` set (a ControlNetModel,
+        or a list of them): the ControlNet runs on every guided call of both UNets, each on its own input.
 
         ``image_batch_size`` caps the frames per image-UNet call; a smaller value bounds memory and gives the same
         result within float tolerance. The default is all frames in one call up to 32 frames, and calls of 16
@@ -176,7 +198,17 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
             settings=self._iv_mixed_settings(iv_mixed, interval_begin, interval_end, zz, i_sigma_begin, i_sigma_end,
                                              v_sigma_begin, v_sigma_end, rho),
             image_batch_size=image_batch_size, reference_compat=reference_compat, decode_chunk_size=decode_chunk_size,
+            video=video, strength=strength, ip_adapter_image=ip_adapter_image,
+            ip_adapter_image_embeds=ip_adapter_image_embeds, conditioning_frames=self._control_frames(conditioning_frames),
+            controlnet_conditioning_scale=controlnet_conditioning_scale, control_guidance_start=control_guidance_start,
+            control_guidance_end=control_guidance_end,
         )
+
+    def _control_frames(self, conditioning_frames):
+        """diffusers' layout: one ControlNet takes one list of frames, several take one list per ControlNet."""
+        if conditioning_frames is None or isinstance(getattr(self, "controlnet", None), MultiControlNetModel):
+            return conditioning_frames
+        return [conditioning_frames]
 
     def _encode_video_prompt(self, prompt, negative_prompt, num_frames, device, with_uncond, prompt_embeds,
                              negative_prompt_embeds, lora_scale, clip_skip):
@@ -196,14 +228,19 @@ class IVMixedAnimateDiffPipeline(IVMixedSamplingMixin, AnimateDiffPipeline):
         return embeds.repeat_interleave(repeats=num_frames, dim=0)
 
     def _image_predictor(self, *, video_embeds, num_frames, batch_size, with_uncond, image_batch_size,
-                         cross_attention_kwargs, **_):
+                         cross_attention_kwargs, image_embeds, residuals, **_):
         """The image UNet shares the video model's CLIP-L text encoder, so it takes the same embeddings: each half
-        of ``video_embeds()`` is laid out ``(b f)`` like the frames of the per-frame view, one embedding per frame.
-        The automatic cap on frames per call counts the frames of every video of the call."""
+        of ``video_embeds()`` is laid out ``(b f)`` like the frames of the per-frame view, one embedding per frame;
+        so are the IP-Adapter image embeddings, repeated per frame. The automatic cap on frames per call counts the
+        frames of every video of the call."""
+        added = None
+        if image_embeds is not None:
+            frame_embeds = {"image_embeds": per_frame_rows(image_embeds, num_frames)}
+            added = lambda: frame_embeds  # noqa: E731
         return per_frame_predictor(
             guided_predictor(self.image_unet, lambda: video_embeds().to(self.image_unet.dtype), with_uncond,
                              max_batch=frames_per_image_call(image_batch_size, batch_size * num_frames),
-                             cross_attention_kwargs=cross_attention_kwargs)
+                             added_cond=added, residuals=residuals, cross_attention_kwargs=cross_attention_kwargs)
         )
 
     def _decode_latents(self, latents: torch.Tensor, decode_chunk_size: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ from ..loading import loading
 from ..registry import PIPELINES as SPECS
 from ..single_file import ensure_sources, load_vae
 from .animatediff import DDIM_SETTINGS
-from .common import IVMixedSamplingMixin, guided_predictor, per_frame_predictor
+from .common import IVMixedSamplingMixin, guided_predictor, per_frame_predictor, per_frame_rows
 from .long_video import frames_per_image_call
 
 SPEC = SPECS["AnimatediffSDXL"]
@@ -186,6 +186,10 @@ class IVMixedAnimateDiffSDXLPipeline(IVMixedSamplingMixin, AnimateDiffSDXLPipeli
         rho: float = 7.0,
         image_batch_size: Optional[int] = None,
         reference_compat: bool = False,
+        video=None,
+        strength: float = 0.8,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: Optional[List[torch.Tensor]] = None,
     ):
         """Generate a video; the SDXL keywords are diffusers' ``AnimateDiffSDXLPipeline``'s (second prompts, pooled
         embeddings, ``original_size``/``crops_coords_top_left``/``target_size`` micro-conditioning, default
@@ -195,7 +199,9 @@ class IVMixedAnimateDiffSDXLPipeline(IVMixedSamplingMixin, AnimateDiffSDXLPipeli
         per-frame embeddings), ``add_text_embeds`` (the ``[uncond; cond]`` pooled embeddings, one row per video)
         and ``add_time_ids``, which both UNets take where the image model shares the text encoders; setting
         ``pipe._interrupt = True`` ends the loop early. ``prompt`` may be a list, one video per prompt, with a
-        list of as many generators. ``reference_compat=True`` is refused: the published code has no SDXL pipeline.
+        list of as many generators. ``video`` with ``strength`` (video-to-video) and ``ip_adapter_image`` are those
+        of :class:`IVMixedAnimateDiffPipeline`. ``reference_compat=True`` is refused: the published code has no SDXL
+        pipeline.
         Returns :class:`IVMixedPipelineOutput`, or ``(frames, network_calls)`` when ``return_dict=False``.
         """
         default_height, default_width = self._default_size()
@@ -218,6 +224,8 @@ class IVMixedAnimateDiffSDXLPipeline(IVMixedSamplingMixin, AnimateDiffSDXLPipeli
             settings=self._iv_mixed_settings(iv_mixed, interval_begin, interval_end, zz, i_sigma_begin, i_sigma_end,
                                              v_sigma_begin, v_sigma_end, rho),
             image_batch_size=image_batch_size, reference_compat=reference_compat, encode_kwargs=encode_kwargs,
+            video=video, strength=strength, ip_adapter_image=ip_adapter_image,
+            ip_adapter_image_embeds=ip_adapter_image_embeds,
         )
 
     def _check_call_inputs(self, prompt, height, width, negative_prompt, prompt_embeds, negative_prompt_embeds,
@@ -283,15 +291,17 @@ class IVMixedAnimateDiffSDXLPipeline(IVMixedSamplingMixin, AnimateDiffSDXLPipeli
                              "embeddings")
 
     def _image_predictor(self, *, prompt, negative_prompt, tensors, num_frames, batch_size, with_uncond, device,
-                         clip_skip, image_batch_size, cross_attention_kwargs, encode_kwargs, **_):
+                         clip_skip, image_batch_size, cross_attention_kwargs, encode_kwargs, image_embeds, **_):
         """Each frame is an image: the embeddings are already per frame, and the pooled embedding and ``time_ids``
         (one row per video in each half) are repeated per frame. With text encoders of its own the image model
         encodes the prompts once; else it reads the video model's current tensors at every call."""
         dtype = self.image_unet.dtype
 
+        frame_image_embeds = {} if image_embeds is None else {"image_embeds": per_frame_rows(image_embeds, num_frames)}
+
         def added(current: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-            return {"text_embeds": current["add_text_embeds"].repeat_interleave(num_frames, dim=0).to(dtype),
-                    "time_ids": current["add_time_ids"].repeat_interleave(num_frames, dim=0)}
+            return {"text_embeds": per_frame_rows(current["add_text_embeds"], num_frames).to(dtype),
+                    "time_ids": per_frame_rows(current["add_time_ids"], num_frames), **frame_image_embeds}
 
         if self.image_text_encoder_2 is not None:
             encoder = _SDXLPromptEncoder(self.image_text_encoder, self.image_text_encoder_2, self.image_tokenizer,

@@ -11,11 +11,14 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
+from diffusers import AnimateDiffVideoToVideoPipeline
 from diffusers.utils import BaseOutput
 from einops import rearrange
 
 from ..guidance import combine_guidance
 from ..sampler import IVMixedSettings, NoisePredictor, ReferenceCompat, image_model_needed, sample_iv_mixed
+from ..settings import kept_steps
+from .control import ControlConditioning
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ def guided_predictor(
     with_uncond: bool,
     max_batch: Optional[int] = None,
     added_cond: Optional[Callable[[], Dict[str, torch.Tensor]]] = None,
+    residuals: Optional[Callable] = None,
     **unet_kwargs,
 ) -> NoisePredictor:
     """``(x, t, w) -> eps_w``: one batched call over ``[x, x]`` with ``[uncond; cond]`` embeddings.
@@ -77,20 +81,27 @@ def guided_predictor(
     embedding and size conditioning), whose tensors have one row per row of the embeddings, in the same
     ``[uncond; cond]`` layout. ``max_batch`` caps the samples of ``x`` per network call (each call still carries
     both halves, so it runs ``2 * max_batch`` rows): it bounds activation memory at the cost of more, smaller calls.
+    ``residuals(model_input, t, embeds, part, halves)`` gives extra UNet keywords computed from each call's own
+    input (ControlNet residuals; ``part``: the rows of ``x`` the call covers).
     """
     embeddings = encoder_hidden_states if callable(encoder_hidden_states) else lambda: encoder_hidden_states
 
-    def call(x: torch.Tensor, t, w: float, embeds: torch.Tensor, added: Optional[Dict]) -> torch.Tensor:
+    def call(x: torch.Tensor, t, w: float, embeds: torch.Tensor, added: Optional[Dict],
+             part: slice = slice(None)) -> torch.Tensor:
         model_input = torch.cat([x, x]) if with_uncond else x
         extra = unet_kwargs if added is None else {**unet_kwargs, "added_cond_kwargs": added}
+        if residuals is not None:
+            extra = {**extra, **residuals(model_input, t, embeds, part, 2 if with_uncond else 1)}
         eps = unet(model_input, t, encoder_hidden_states=embeds, **extra).sample
         if not with_uncond:
             return eps
         uncond, cond = eps.chunk(2)
         return combine_guidance(uncond, cond, w)
 
-    def rows(tensor: torch.Tensor, part: slice) -> torch.Tensor:
-        halves = tensor.chunk(2) if with_uncond else (tensor,)
+    def rows(value, part: slice):
+        if isinstance(value, (list, tuple)):  # IP-Adapter image embeddings: one tensor per adapter
+            return [rows(v, part) for v in value]
+        halves = value.chunk(2) if with_uncond else (value,)
         return torch.cat([h[part] for h in halves])
 
     def predict(x: torch.Tensor, t, w: float) -> torch.Tensor:
@@ -102,10 +113,18 @@ def guided_predictor(
         for start in range(0, n, max_batch):
             part = slice(start, start + max_batch)
             parts.append(call(x[part], t, w, rows(embeds, part),
-                              None if added is None else {k: rows(v, part) for k, v in added.items()}))
+                              None if added is None else {k: rows(v, part) for k, v in added.items()}, part))
         return torch.cat(parts)
 
     return predict
+
+
+def per_frame_rows(value, num_frames: int):
+    """Rows of one per video (in each ``[uncond; cond]`` half) repeated for each frame, ``(b f)`` as the per-frame
+    view lays out the frames; a list (IP-Adapter embeddings, one tensor per adapter) element by element."""
+    if isinstance(value, (list, tuple)):
+        return [per_frame_rows(v, num_frames) for v in value]
+    return value.repeat_interleave(num_frames, dim=0)
 
 
 def per_frame_predictor(image_predictor: NoisePredictor, sample_size: Optional[int] = None) -> NoisePredictor:
@@ -175,6 +194,8 @@ class IVMixedSamplingMixin:
     """
 
     default_zz = IVMixedSettings.zz
+    # Video-to-video: diffusers' AnimateDiff video-to-video encoding (every VAE here encodes frame by frame).
+    encode_video = AnimateDiffVideoToVideoPipeline.encode_video
     # The published code's deviations from docs/ALGORITHM.md that ``reference_compat=True`` reproduces.
     reference_compat_options = ReferenceCompat()
     # Pixel size when the UNet's config has no sample_size.
@@ -234,10 +255,13 @@ class IVMixedSamplingMixin:
         return None
 
     def _image_predictor(self, *, prompt, negative_prompt, video_embeds, tensors, num_frames, batch_size, with_uncond,
-                         device, clip_skip, image_batch_size, cross_attention_kwargs, encode_kwargs) -> NoisePredictor:
+                         device, clip_skip, image_batch_size, cross_attention_kwargs, encode_kwargs,
+                         image_embeds, residuals) -> NoisePredictor:
         """The image model's guided predictor over video latents ``(batch_size, c, num_frames, h, w)``, whose rows
         are ``(b f)``: video 0's frames, then video 1's; ``video_embeds()`` returns the video model's current
-        embeddings, and ``tensors`` holds every current tensor of :meth:`_encode_video_prompt`."""
+        embeddings, and ``tensors`` holds every current tensor of :meth:`_encode_video_prompt`. ``image_embeds``:
+        the IP-Adapter image embeddings the video UNet gets (one row per video in each half), or None;
+        ``residuals``: the ControlNet keywords of each call (see :func:`guided_predictor`), or None."""
         raise NotImplementedError
 
     def _check_image_model(self, prompt) -> None:
@@ -251,13 +275,32 @@ class IVMixedSamplingMixin:
         generator, latents, prompt_embeds, negative_prompt_embeds, output_type, return_dict, cross_attention_kwargs,
         clip_skip, callback_on_step_end, callback_on_step_end_tensor_inputs, settings: Optional[IVMixedSettings],
         image_batch_size, reference_compat: bool = False, decode_chunk_size=16,
-        video_unet_kwargs: Optional[Dict] = None, encode_kwargs: Optional[Dict] = None,
+        video_unet_kwargs: Optional[Dict] = None, encode_kwargs: Optional[Dict] = None, video=None,
+        strength: float = 1.0, ip_adapter_image=None, ip_adapter_image_embeds=None, conditioning_frames=None,
+        controlnet_conditioning_scale=1.0, control_guidance_start=0.0, control_guidance_end=1.0,
     ):
         """The shared call body; ``encode_kwargs`` are a pipeline's own prompt inputs (SDXL's second prompts, pooled
-        embeddings and size conditioning), handed to :meth:`_check_call_inputs` and :meth:`_encode_video_prompt`."""
+        embeddings and size conditioning), handed to :meth:`_check_call_inputs` and :meth:`_encode_video_prompt`.
+
+        ``video`` (frames, or one list of frames per video) makes it video-to-video: the frames are encoded, noised
+        to the first of the last ``int(num_inference_steps * strength)`` main steps, and sampled from there (see
+        :func:`kept_steps`); ``num_frames`` is then the video's. ``ip_adapter_image``/``ip_adapter_image_embeds``
+        are diffusers' IP-Adapter inputs, given to the video UNet and, per frame, to the image UNet.
+        ``conditioning_frames`` (one list of frames per ControlNet of ``self.controlnet``) with
+        ``controlnet_conditioning_scale`` and ``control_guidance_start/end``: ControlNet residuals for every
+        guided call of both UNets (see :mod:`ivmixed.pipelines.control`)."""
         encode_kwargs = encode_kwargs or {}
         default_height, default_width = self._default_size()
         height, width = height or default_height, width or default_width
+        start = 0
+        if video is not None:
+            start = num_inference_steps - kept_steps(num_inference_steps, strength)
+            if latents is None:
+                video = self.video_processor.preprocess_video(video, height=height, width=width)
+                num_frames = video.shape[2]
+            else:
+                num_frames = latents.shape[2]
+        steps_run = num_inference_steps - start
         negative_prompt = batch_negative_prompts(prompt, negative_prompt)
         self._check_call_inputs(prompt, height, width, negative_prompt, prompt_embeds, negative_prompt_embeds,
                                 callback_on_step_end_tensor_inputs, **encode_kwargs)
@@ -268,9 +311,9 @@ class IVMixedSamplingMixin:
                              f"{type(self).__name__.removeprefix('IVMixed').removesuffix('Pipeline')} pipeline; "
                              "pass reference_compat=False")
         if settings is not None:
-            settings = settings.resolved(num_inference_steps)
+            settings = settings.resolved(steps_run)
             if compat is not None:
-                compat.check(num_inference_steps)
+                compat.check(steps_run)
         check_generators_per_frame(generator, compat)
         with_image_model = settings is not None and image_model_needed(settings, compat)
         if with_image_model:
@@ -300,16 +343,46 @@ class IVMixedSamplingMixin:
             lora_scale, clip_skip, **encode_kwargs,
         )
 
+        image_embeds = None
+        if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
+            image_embeds = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device,
+                                                                batch_size, with_uncond)
+
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        self._num_timesteps = len(self.scheduler.timesteps)
-        latents = self.prepare_latents(
-            batch_size, self.unet.config.in_channels, num_frames, height, width,
-            tensors["prompt_embeds"].dtype, device, generator, latents,
-        )
+        self._num_timesteps = steps_run
+        dtype = tensors["prompt_embeds"].dtype
+        if video is None:
+            latents = self.prepare_latents(
+                batch_size, self.unet.config.in_channels, num_frames, height, width, dtype, device, generator, latents,
+            )
+        else:
+            if latents is None:
+                video = video.permute(0, 2, 1, 3, 4).to(device=device, dtype=dtype)  # (b, f, c, h, w)
+                if video.shape[0] == 1 and batch_size > 1:  # one video for every prompt of the call
+                    video = video.expand(batch_size, *video.shape[1:])
+            latents = AnimateDiffVideoToVideoPipeline.prepare_latents(
+                self, video=video, height=height, width=width, num_channels_latents=self.unet.config.in_channels,
+                batch_size=batch_size, timestep=self.scheduler.timesteps[start:start + 1].repeat(batch_size),
+                dtype=dtype, device=device, generator=generator, latents=latents, decode_chunk_size=decode_chunk_size,
+            )
 
         counts = {"video": 0, "image": 0}
+        control = None
+        if conditioning_frames is not None:
+            if getattr(self, "controlnet", None) is None:
+                raise ValueError("conditioning_frames need a ControlNet: load one into the pipeline's `controlnet`")
+            control = ControlConditioning(
+                self.controlnet, conditioning_frames, num_frames=num_frames, batch_size=batch_size, height=height,
+                width=width, vae_scale_factor=self.vae_scale_factor, device=device, steps=steps_run,
+                scale=controlnet_conditioning_scale, start=control_guidance_start, end=control_guidance_end,
+                counts=counts)
+        video_added = self._video_added_cond(tensors)
+        if image_embeds is not None:
+            pipeline_added = video_added
+            video_added = lambda: {**(pipeline_added() if pipeline_added else {}), "image_embeds": image_embeds}  # noqa: E731
         video_predictor = counted(guided_predictor(
-            self.unet, lambda: tensors["prompt_embeds"], with_uncond, added_cond=self._video_added_cond(tensors),
+            self.unet, lambda: tensors["prompt_embeds"], with_uncond, added_cond=video_added,
+            residuals=None if control is None else control.residuals("video"),
             cross_attention_kwargs=cross_attention_kwargs, **(video_unet_kwargs or {}),
         ), counts, "video")
         image_predictor = None
@@ -318,7 +391,8 @@ class IVMixedSamplingMixin:
                 prompt=prompt, negative_prompt=negative_prompt, video_embeds=lambda: tensors["prompt_embeds"], tensors=tensors,
                 num_frames=num_frames, batch_size=batch_size, with_uncond=with_uncond, device=device,
                 clip_skip=clip_skip, image_batch_size=image_batch_size, cross_attention_kwargs=cross_attention_kwargs,
-                encode_kwargs=encode_kwargs,
+                encode_kwargs=encode_kwargs, image_embeds=image_embeds,
+                residuals=None if control is None else control.residuals("image"),
             ), counts, "image")
 
         def on_step_end(i, t, x):
@@ -333,7 +407,7 @@ class IVMixedSamplingMixin:
             video_predictor, image_predictor, latents, self.scheduler, guidance_scale, settings,
             step_kwargs=self.prepare_extra_step_kwargs(generator, eta), callback=on_step_end,
             progress_bar=lambda total: self.progress_bar(total=total), should_stop=lambda: self.interrupt,
-            reference_compat=compat,
+            reference_compat=compat, start=start, step_started=None if control is None else control.step_started,
         )
 
         if output_type == "latent":

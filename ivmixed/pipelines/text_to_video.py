@@ -170,8 +170,14 @@ class IVMixedTextToVideoPipeline(
         rho: float = 7.0,
         image_batch_size: Optional[int] = None,
         reference_compat: bool = False,
+        video=None,
+        strength: float = 0.8,
     ):
         """Generate a video; the IV-mixed keywords are those of :class:`ivmixed.IVMixedSettings`.
+
+        ``video`` (a list of PIL frames at ``height`` x ``width``, or one list per prompt) with ``strength`` makes
+        it video-to-video, as in diffusers' AnimateDiff video-to-video (the VAE encodes frame by frame): the last
+        ``int(num_inference_steps * strength)`` steps run, and the interval, ``zz`` and guidance schedules count them.
 
         ``image_batch_size`` caps the frames per image-UNet call (default: all frames in one call); a smaller
         value bounds memory and gives the same result within float tolerance.
@@ -201,7 +207,7 @@ class IVMixedTextToVideoPipeline(
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             settings=self._iv_mixed_settings(iv_mixed, interval_begin, interval_end, zz, i_sigma_begin, i_sigma_end,
                                              v_sigma_begin, v_sigma_end, rho),
-            image_batch_size=image_batch_size, reference_compat=reference_compat,
+            image_batch_size=image_batch_size, reference_compat=reference_compat, video=video, strength=strength,
         )
 
     def _check_image_model(self, prompt) -> None:

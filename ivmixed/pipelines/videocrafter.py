@@ -109,11 +109,13 @@ class IVMixedVideoCrafterPipeline(IVMixedTextToVideoPipeline):
         image_batch_size: Optional[int] = None,
         reference_compat: bool = False,
         fps: int = DEFAULT_FPS,
+        video=None,
+        strength: float = 0.8,
     ):
         """:meth:`IVMixedTextToVideoPipeline.__call__` (guidance 9.0, ``zz=3`` by default) plus ``fps``, the
         frame rate every video UNet call is conditioned on (VideoCrafter2 default 24). ``reference_compat=True`` also
         changes the standard video (``iv_mixed=False``): its main steps run on per-frame latents, so such a call takes
-        one generator, not a list (one video per call)."""
+        one generator, not a list (one video per call). ``video`` and ``strength``: video-to-video, as there."""
         return self._generate(
             prompt=prompt, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, negative_prompt=negative_prompt, eta=eta, generator=generator,
@@ -124,6 +126,7 @@ class IVMixedVideoCrafterPipeline(IVMixedTextToVideoPipeline):
             settings=self._iv_mixed_settings(iv_mixed, interval_begin, interval_end, zz, i_sigma_begin, i_sigma_end,
                                              v_sigma_begin, v_sigma_end, rho),
             image_batch_size=image_batch_size, reference_compat=reference_compat, video_unet_kwargs={"fps": self._fps_tensor(fps)},
+            video=video, strength=strength,
         )
 
     def _fps_tensor(self, fps: int) -> torch.Tensor:

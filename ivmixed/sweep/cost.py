@@ -10,7 +10,9 @@ from .grid import Grid
 
 
 def calls(steps: int, settings) -> int:
-    return sum(count_network_calls(steps, settings).values())
+    """Guided UNet calls of one video, both models together."""
+    counts = count_network_calls(steps, settings)
+    return counts["video"] + counts["image"]
 
 
 @dataclass
@@ -24,6 +26,7 @@ class SweepCost:
     left: int  # what is not made yet, over all prompts
     # overwrite makes every cell's files again, its (shared) standard video too: that many standard videos more
     remade_standards: int = 0
+    controlnets: int = 0  # ControlNets each guided call also runs (once each)
 
     @property
     def per_prompt(self) -> int:
@@ -48,6 +51,9 @@ class SweepCost:
             cost += (f" + {self.remade_standards} x {self.baseline:,} for the cells' standard videos (the baseline, "
                      "made again by each cell with overwrite)")
         line = f"sweep: {cells} ({self.grid.describe()}): {cost} = {self.total:,} guided network calls"
+        if self.controlnets:
+            line += (f", each with {self.controlnets} ControlNet evaluation{'s' if self.controlnets != 1 else ''} "
+                     f"({self.total * self.controlnets:,} in all)")
         if self.left != self.total:
             line += f"; {self.total - self.left:,} of them already made, {self.left:,} left"
         return line

@@ -88,7 +88,7 @@ class Sweep:
         for values in self.grid.cells():
             runner = Runner(cell_config(config, values, self.with_standard), **options)
             self.cells.append(CellPlan(values, cell_label(values), runner,
-                                       calls(runner.config.inference_step, runner.config.iv_mixed)))
+                                       calls(runner.config.steps_run, runner.config.iv_mixed)))
         # Checks the output folder and the frame limit, reads no model; a repeated prompt is made once.
         self.jobs = self.base.plan().jobs
         self.prompts = [self._prompt_grid(job) for job in self.jobs]
@@ -101,7 +101,7 @@ class Sweep:
 
     @property
     def baseline_calls(self) -> int:
-        return calls(self.config.inference_step, None) if not self.config.no_standard else 0
+        return calls(self.config.steps_run, None) if not self.config.no_standard else 0
 
     def _prompt_grid(self, job) -> PromptGrid:
         outputs = [cell.runner.output_set(job) for cell in self.cells]
@@ -132,7 +132,8 @@ class Sweep:
             if self._needs_baseline(prompt):
                 left += self.baseline_calls
         left += remade * self.baseline_calls
-        return SweepCost(self.grid, [c.calls for c in self.cells], self.baseline_calls, len(self.jobs), left, remade)
+        return SweepCost(self.grid, [c.calls for c in self.cells], self.baseline_calls, len(self.jobs), left, remade,
+                         controlnets=len(self.config.controlnet))
 
     def describe_cost(self) -> str:
         return self.cost.describe()
