@@ -61,7 +61,8 @@ def test_iv_mixed_off_equals_stock_animatediff_controlnet(pipe_and_nets, count):
     assert ours.network_calls == {"video": 4, "image": 0, "controlnet_video": 4 * count, "controlnet_image": 0}
 
 
-def test_every_image_call_gets_the_residuals_of_its_own_input(pipe_and_nets):
+@pytest.mark.parametrize("image_batch_size", [None, 2])
+def test_every_image_call_gets_the_residuals_of_its_own_input(pipe_and_nets, image_batch_size):
     pipe, (net, _) = pipe_and_nets
     with_nets(pipe, [net])
     calls = []
@@ -76,14 +77,18 @@ def test_every_image_call_gets_the_residuals_of_its_own_input(pipe_and_nets):
     try:
         out = pipe("a horse", num_frames=FRAMES, height=SIZE, width=SIZE, num_inference_steps=steps,
                    output_type="latent", latents=noise(), conditioning_frames=control_frames(),
-                   controlnet_conditioning_scale=scale, control_guidance_end=end)
+                   controlnet_conditioning_scale=scale, control_guidance_end=end, image_batch_size=image_batch_size)
     finally:
         hook.remove()
     assert out.network_calls == count_network_calls(steps, IVMixedSettings(), controlnets=1)
-    assert len(calls) == out.network_calls["image"] == 8
-    cond = control_tensor(control_frames())
+    chunk = FRAMES if image_batch_size is None else image_batch_size
+    chunks = -(-FRAMES // chunk)
+    assert len(calls) == out.network_calls["image"] * chunks == 8 * chunks
+    frames = control_frames()
     for j, (sample, t, embeds, down, mid) in enumerate(calls):
-        step = j // 2  # zz=1000: two image moves per step
+        step = j // chunks // 2  # zz=1000: two image moves per step, each in `chunks` calls
+        first = (j % chunks) * chunk
+        cond = control_tensor(frames[first:first + chunk])  # this call's frames, both halves
         keep = 0.0 if step / steps < 0 or (step + 1) / steps > end else 1.0
         want_down, want_mid = net(sample, t, encoder_hidden_states=embeds, controlnet_cond=cond,
                                   conditioning_scale=scale * keep, return_dict=False)
@@ -234,3 +239,17 @@ def test_a_sweeps_cost_line_counts_the_controlnet_evaluations(tmp_path, capsys, 
     # evaluation of the one ControlNet
     line = next(line for line in err.splitlines() if "sweep: 2 cells" in line)
     assert line.endswith("= 22 guided network calls, each with 1 ControlNet evaluation (22 in all)"), line
+
+
+def test_a_guided_call_split_into_chunks_counts_one_evaluation(pipe_and_nets):
+    pipe, (net, _) = pipe_and_nets
+    with_nets(pipe, [net])
+    forwards = []
+    hook = net.register_forward_pre_hook(lambda *a: forwards.append(1))
+    try:
+        out = pipe("a horse", num_frames=FRAMES, height=SIZE, width=SIZE, num_inference_steps=2, output_type="latent",
+                   latents=noise(), conditioning_frames=control_frames(), image_batch_size=1)
+    finally:
+        hook.remove()
+    assert out.network_calls == count_network_calls(2, IVMixedSettings(), controlnets=1)
+    assert len(forwards) == out.network_calls["controlnet_video"] + FRAMES * out.network_calls["controlnet_image"]

@@ -71,7 +71,8 @@ class ControlConditioning:
 
     def residuals(self, model: str) -> Callable:
         """``(model_input, t, embeds, part) -> UNet keywords`` for ``model``'s calls ("video" or "image"), counting
-        each ControlNet evaluation in ``counts["controlnet_<model>"]``. ``model_input`` is the UNet's input,
+        each ControlNet evaluation in ``counts["controlnet_<model>"]``: one per guided call and ControlNet, however
+        many chunks of frames the call is split into (``image_batch_size``). ``model_input`` is the UNet's input,
         ``[uncond; cond]`` halves of video latents ``(b, c, f, h, w)`` or of per-frame rows; ``part`` the rows of
         each half (of the call's frames) it covers."""
         key = f"controlnet_{model}"
@@ -88,7 +89,7 @@ class ControlConditioning:
                 controlnet_cond=images if self.multi else images[0],
                 conditioning_scale=scales if self.multi else scales[0], guess_mode=False, return_dict=False,
             )
-            if self.counts is not None:
+            if self.counts is not None and part.start in (None, 0):  # a guided call split in chunks counts once
                 self.counts[key] += self.count
             return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
