@@ -7,7 +7,7 @@ The pipeline side, residuals for every guided call, is :mod:`ivmixed.pipelines.c
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, NamedTuple, Sequence
 
 from .errors import ModelLoadError, SettingError, quote_message
 from .loading import check_local_sources, ensure_available
@@ -38,10 +38,24 @@ def check_controlnet_sources(sources: Sequence[str], tiny: bool = False) -> None
         raise SettingError(exc.template) from None
 
 
+class ControlNetInput(NamedTuple):
+    """One ControlNet of a run: its source, its control video and its strength."""
+
+    source: str
+    video: str
+    scale: float
+
+
 def scales(values: Sequence[str], count: int) -> List[float]:
     """The strength of each of ``count`` ControlNets: 1 each by default, one value for all, or one each."""
     numbers = [float(v) for v in values] or [1.0]
     return numbers * count if len(numbers) == 1 else numbers
+
+
+def controlnet_inputs(config) -> List[ControlNetInput]:
+    """The ControlNets of a checked run configuration, each with its control video and strength, in order."""
+    return [ControlNetInput(*values) for values in zip(
+        config.controlnet, config.controlnet_video, scales(config.controlnet_scale, len(config.controlnet)))]
 
 
 def load_controlnets(pipe, sources: Sequence[str], dtype) -> List[Dict[str, Any]]:
@@ -52,12 +66,12 @@ def load_controlnets(pipe, sources: Sequence[str], dtype) -> List[Dict[str, Any]
     from .loading import loading
     from .pipelines.control import controlnet_of
 
-    ensure_available(_items([s for s in sources if not os.path.isdir(os.path.expanduser(s))]))
+    ensure_available(_items(sources))  # local folders are skipped
     nets, records = [], []
     for source in sources:
+        folder = os.path.expanduser(source)
         with loading("ControlNet", source, "controlnet"):
-            net = ControlNetModel.from_pretrained(os.path.expanduser(source) if os.path.isdir(
-                os.path.expanduser(source)) else source, dtype=dtype)
+            net = ControlNetModel.from_pretrained(folder if os.path.isdir(folder) else source, dtype=dtype)
         nets.append(net.eval())
         records.append({"source": source, "parameters": sum(p.numel() for p in net.parameters())})
     pipe.register_modules(controlnet=controlnet_of(nets))

@@ -380,7 +380,9 @@ def _pipeline_spec(pipe):
 
 
 def _unet_family(unet) -> str:
-    return "SDXL" if getattr(unet.config, "addition_embed_type", None) == "text_time" else "Stable Diffusion 1.5"
+    from .registry import unet_family
+
+    return unet_family(unet.config)
 
 
 def _fetch(where: IPAdapterSource, name: str) -> str:

@@ -68,6 +68,7 @@ from .lora_paths import DEFAULT_SCALE as DEFAULT_ALPHA  # both routes merge at t
 from .lora_paths import LORA_TARGETS as TARGETS
 from .lora_paths import (TEXT_ENCODER_PREFIX, UNET_PREFIX, check_dump_path, check_lora_file, missing_parents,
                          resolve_lora)
+from .registry import SDXL_FAMILY, unet_family
 from .stopping import uninterrupted
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def is_sdxl_unet(model: torch.nn.Module) -> bool:
     """Whether ``model`` is an SDXL-layout UNet: the pooled text embedding and size numbers added to the time
     embedding (``addition_embed_type="text_time"``), as SDXL's UNet and the motion UNet built on it have."""
     config = getattr(model, "config", None)
-    return hasattr(config, "get") and config.get("addition_embed_type") == "text_time"
+    return hasattr(config, "get") and unet_family(config) == SDXL_FAMILY
 
 
 def _is_unet(model: torch.nn.Module) -> bool:
@@ -380,7 +381,7 @@ def _folder_family(folder: str) -> Optional[str]:
             config = json.load(f)
     except (OSError, ValueError):
         return None
-    return SDXL if isinstance(config, dict) and config.get("addition_embed_type") == "text_time" else SD
+    return SDXL if isinstance(config, dict) and unet_family(config) == SDXL_FAMILY else SD
 
 
 def _text_targets(unet: torch.nn.Module, first, second) -> List[Tuple[str, torch.nn.Module]]:

@@ -70,13 +70,12 @@ def guide_identity(config: RunConfig) -> Dict[str, Any]:
         out["ip_adapter"] = {"weights": source_identity(config.ip_adapter), "image": file_identity(config.ip_adapter_image),
                              "scale": config.ip_adapter_scale}
     if config.controlnet:
-        from .controlnets import scales
+        from .controlnets import controlnet_inputs
 
         out["controlnet"] = {
-            "nets": [{"model": source_identity(net), "video": file_identity(video, frames=config.num_frames),
-                      "scale": scale}
-                     for net, video, scale in zip(config.controlnet, config.controlnet_video,
-                                                  scales(config.controlnet_scale, len(config.controlnet)))],
+            "nets": [{"model": source_identity(net.source), "video": file_identity(net.video, frames=config.num_frames),
+                      "scale": net.scale}
+                     for net in controlnet_inputs(config)],
             "guidance": [config.control_guidance_start, config.control_guidance_end],
         }
     return out

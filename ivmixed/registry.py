@@ -16,6 +16,17 @@ from .loading import cached_file
 from .settings import ReferenceCompat
 
 
+# The model families a pipeline's models belong to (what an image model, a LoRA or an IP-Adapter must match).
+SD15_FAMILY, SDXL_FAMILY = "Stable Diffusion 1.5", "SDXL"
+
+
+def unet_family(config) -> str:
+    """The family of a UNet from its config (a model's ``config`` or a ``config.json`` dict): an SDXL UNet adds
+    the pooled text embedding and six size numbers to its time embedding (``addition_embed_type="text_time"``)."""
+    kind = config.get("addition_embed_type") if hasattr(config, "get") else getattr(config, "addition_embed_type", None)
+    return SDXL_FAMILY if kind == "text_time" else SD15_FAMILY
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """One checkpoint a pipeline loads: its keyword (``from_checkpoints`` and the run setting), what it is
@@ -56,7 +67,7 @@ class PipelineSpec:
     # "module:function" writing the tiny random checkpoints of --tiny under a folder (see ivmixed.testing).
     tiny_builder: str = ""
     # The video model family an image model must belong to, in messages and single-file checks.
-    family: str = "Stable Diffusion 1.5"
+    family: str = SD15_FAMILY
 
     def checkpoint(self, key: str) -> Checkpoint:
         return next(c for c in self.checkpoints if c.key == key)
@@ -160,7 +171,7 @@ SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 # at most one motion window; the published IV-mixed code has no SDXL pipeline, so no --reference-compat.
 ANIMATEDIFF_SDXL = PipelineSpec(
     name="AnimatediffSDXL",
-    family="SDXL",
+    family=SDXL_FAMILY,
     decode_chunk=None,  # diffusers' AnimateDiff-SDXL decodes every frame in one VAE call
     reference_compat=None,
     class_path="ivmixed.pipelines.animatediff_sdxl:IVMixedAnimateDiffSDXLPipeline",

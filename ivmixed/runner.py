@@ -333,11 +333,12 @@ class Runner:
         if config.ip_adapter is not None:
             out["ip_adapter_image"] = read_image(config.ip_adapter_image)
         if config.controlnet:
-            from .controlnets import scales
+            from .controlnets import controlnet_inputs
 
-            videos = [read_video(v, config.num_frames, config.width, config.height, key="controlnet_video")
-                      for v in config.controlnet_video]
-            strengths = scales(config.controlnet_scale, len(videos))
+            nets = controlnet_inputs(config)
+            videos = [read_video(net.video, config.num_frames, config.width, config.height, key="controlnet_video")
+                      for net in nets]
+            strengths = [net.scale for net in nets]
             out.update(conditioning_frames=videos[0] if len(videos) == 1 else videos,
                        controlnet_conditioning_scale=strengths[0] if len(videos) == 1 else strengths,
                        control_guidance_start=config.control_guidance_start,
@@ -771,12 +772,11 @@ def guide_captions(config: RunConfig) -> List[str]:
     if config.ip_adapter is not None:
         out.append(f"image prompt {os.path.basename(config.ip_adapter_image)} at {config.ip_adapter_scale:g}")
     if config.controlnet:
-        from .controlnets import scales
+        from .controlnets import controlnet_inputs
 
-        for net, video, scale in zip(config.controlnet, config.controlnet_video,
-                                     scales(config.controlnet_scale, len(config.controlnet))):
-            out.append(f"ControlNet {os.path.basename(os.path.normpath(net))} on "
-                       f"{os.path.basename(os.path.normpath(video))} at {scale:g}")
+        for net in controlnet_inputs(config):
+            out.append(f"ControlNet {os.path.basename(os.path.normpath(net.source))} on "
+                       f"{os.path.basename(os.path.normpath(net.video))} at {net.scale:g}")
     return out
 
 

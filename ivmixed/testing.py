@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, PNDMScheduler
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .models import VideoCrafterUNet3DConditionModel
-from .registry import PIPELINES, TINY_MOTION_FRAMES
+from .registry import PIPELINES, TINY_MOTION_FRAMES, unet_family
 
 TEXT_DIM = 32
 TINY_FOLDER_PREFIX = "ivmixed-tiny-"  # the temporary folder the tiny models are saved in while they load
@@ -456,7 +456,7 @@ def save_tiny_ip_adapter(folder: str, unet, seed: int = 0, image_embed_dim: Opti
 
     from .ip_adapter import DEFAULT_WEIGHTS, IMAGE_ENCODER
 
-    family = "SDXL" if getattr(unet.config, "addition_embed_type", None) == "text_time" else "Stable Diffusion 1.5"
+    family = unet_family(unet.config)
     image_embed_dim = image_embed_dim or TINY_IP_IMAGE_EMBED_DIMS[family]
     subfolder, weight_name = DEFAULT_WEIGHTS[family]
     os.makedirs(os.path.join(folder, subfolder), exist_ok=True)

@@ -358,14 +358,14 @@ class App:
             guided.append(f"image prompt `{_file_name(config.ip_adapter_image)}` through IP-Adapter "
                           f"`{config.ip_adapter}` at scale {config.ip_adapter_scale:g}")
         if config.controlnet:
-            from ..controlnets import scales
+            from ..controlnets import controlnet_inputs
 
             span = (config.control_guidance_start, config.control_guidance_end)
             when = "" if span == (0.0, 1.0) else f", from {span[0]:.0%} to {span[1]:.0%} of the steps that run"
-            for net, video, scale in zip(config.controlnet, config.controlnet_video,
-                                         scales(config.controlnet_scale, len(config.controlnet))):
-                name = _file_name(net) if os.path.exists(os.path.expanduser(net)) else net  # a folder; a hub id
-                guided.append(f"ControlNet `{name}` on `{_file_name(video)}` at scale {scale:g}{when}")
+            for net in controlnet_inputs(config):
+                source = net.source
+                name = _file_name(source) if os.path.exists(os.path.expanduser(source)) else source  # a folder; a hub id
+                guided.append(f"ControlNet `{name}` on `{_file_name(net.video)}` at scale {net.scale:g}{when}")
         if guided:
             status.append("Guided: " + "; ".join(guided) + ".")
         if config.tiny:

@@ -51,6 +51,7 @@ class ControlConditioning:
         self.images = [self._rows(processor, video, num_frames, batch_size, height, width, device) for video in frames]
         self.count = count
         self.counts = counts
+        self._conditions: Dict[tuple, List[torch.Tensor]] = {}  # control rows per (rows of a call, halves)
         if counts is not None:
             counts.update(controlnet_video=0, controlnet_image=0)
         self.step = 0
@@ -65,6 +66,14 @@ class ControlConditioning:
             rows = rows.repeat(batch_size, 1, 1, 1)
         # contiguous, as diffusers' copy is: a channels-last view takes other convolution kernels (~1e-7 apart)
         return rows.contiguous().to(device=device, dtype=self.controlnet.dtype)
+
+    def _condition(self, part: slice, halves: int) -> List[torch.Tensor]:
+        """The control rows of a call covering ``part`` of each half, for every ControlNet: made once per layout,
+        not at every guided call (a call's layout repeats at every step)."""
+        key = (part.start, part.stop, halves)
+        if key not in self._conditions:
+            self._conditions[key] = [torch.cat([image[part]] * halves) for image in self.images]
+        return self._conditions[key]
 
     def step_started(self, i: int) -> None:
         self.step = i
@@ -81,7 +90,7 @@ class ControlConditioning:
             rows = model_input
             if rows.dim() == 5:  # video latents: frames to rows, (b f) as the per-frame view lays them out
                 rows = rows.transpose(1, 2).reshape(-1, *rows.shape[1:2], *rows.shape[3:])
-            images = [torch.cat([image[part]] * halves) for image in self.images]
+            images = self._condition(part, halves)
             keep = self.keep[self.step]
             scales = [c * k for c, k in zip(self.scales, keep)]
             down, mid = self.controlnet(
