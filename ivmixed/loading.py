@@ -188,9 +188,7 @@ def single_file_keys(spec) -> Tuple[str, ...]:
     checkpoint: every image model and ``vae``; an SD 1.5 base with motion modules (Animatediff) and its motion
     adapter. What each file must hold is :mod:`ivmixed.single_file`'s to check. An SDXL pipeline takes a single
     file only as its ``vae``: its models are diffusers folders or hub ids."""
-    from .registry import SD15_FAMILY
-
-    if spec.family != SD15_FAMILY:
+    if not spec.is_sd15:
         return ("vae",)
     return ("image_model", "vae") + (("video_model", "motion_adapter") if spec.takes("motion_adapter") else ())
 

@@ -69,6 +69,11 @@ class PipelineSpec:
     # The video model family an image model must belong to, in messages and single-file checks.
     family: str = SD15_FAMILY
 
+    @property
+    def is_sd15(self) -> bool:
+        """Whether its models are of the Stable Diffusion 1.5 family (what single-file checkpoints here hold)."""
+        return self.family == SD15_FAMILY
+
     def checkpoint(self, key: str) -> Checkpoint:
         return next(c for c in self.checkpoints if c.key == key)
 
