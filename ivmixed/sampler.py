@@ -15,7 +15,7 @@ zigzag and back after it, by the factor their own ``scale_model_input`` applies.
 from __future__ import annotations
 
 import math
-from typing import Callable, ContextManager, Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, ContextManager, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -143,6 +143,7 @@ def sample_iv_mixed(
     reference_compat: Optional[ReferenceCompat] = None,
     start: int = 0,
     step_started: Optional[Callable[[int], None]] = None,
+    image_alphas_cumprod: Optional[Sequence[float]] = None,
 ) -> torch.Tensor:
     """Run the main scheduler's steps over ``x``, with the IV-mixed zigzag before each step in the interval.
 
@@ -181,8 +182,9 @@ def sample_iv_mixed(
         # tensor where it scales nothing, then no conversion is made).
         unit = torch.ones((), dtype=torch.float32, device=x.device)
 
-        def abar(s: int) -> float:
-            return alphas[s] if s >= 0 else alphas[0]
+        abar = _alpha_lookup(alphas)
+        abar_image = abar if image_alphas_cumprod is None else _alpha_lookup(
+            _checked_alphas(image_alphas_cumprod, len(alphas)))
 
     with progress_bar(num_steps) as bar:
         for i, t in enumerate(timesteps):
@@ -194,7 +196,7 @@ def sample_iv_mixed(
                 to_vp = scheduler.scale_model_input(unit, t)
                 vp = x if to_vp is unit else x * to_vp
                 vp = _zigzag(
-                    vp, zigzag_times[i], stride, abar, video_model,
+                    vp, zigzag_times[i], stride, abar, abar_image, video_model,
                     image_model if compat.uses_image_model(settings, i) else None,
                     video_weights[i], image_weights[i], compat,
                 )
@@ -231,20 +233,34 @@ def _zigzag_timesteps(host_timesteps: List[float], timesteps: torch.Tensor, stri
     return [_ZigzagTimes(h, tuple(device[i].unbind())) for i, h in enumerate(host)]
 
 
-def _zigzag(x, times: _ZigzagTimes, stride, abar, video_model, image_model, w_video, w_image, compat):
-    """The four moves of docs/ALGORITHM.md: M denoises, the VDM denoises, M inverts, the VDM inverts."""
+def _alpha_lookup(alphas: List[float]) -> Callable[[int], float]:
+    """``abar(s)``: the cumulative alpha of training timestep ``s``, that of timestep 0 below it."""
+    return lambda s: alphas[s] if s >= 0 else alphas[0]
+
+
+def _checked_alphas(values: Sequence[float], total: int) -> List[float]:
+    alphas = [float(v) for v in (values.tolist() if isinstance(values, torch.Tensor) else values)]
+    if len(alphas) != total or not all(0.0 < a <= 1.0 for a in alphas):
+        raise ValueError(f"image_alphas_cumprod needs one cumulative alpha in (0, 1] per training timestep ({total}), "
+                         f"got {len(alphas)} values")
+    return alphas
+
+
+def _zigzag(x, times: _ZigzagTimes, stride, abar, abar_image, video_model, image_model, w_video, w_image, compat):
+    """The four moves of docs/ALGORITHM.md: M denoises, the VDM denoises, M inverts, the VDM inverts; each model's
+    moves run between its own schedule's noise levels (``abar_image`` for the image model)."""
     if image_model is not None:
-        model, w_model, size = image_model, w_image, compat.image_move_size
+        model, w_model, size, abar_m = image_model, w_image, compat.image_move_size, abar_image
     else:
-        model, w_model, size = video_model, (w_image if compat.video_model_image_weight else w_video), None
+        model, w_model, size, abar_m = video_model, (w_image if compat.video_model_image_weight else w_video), None, abar
     (t, t1, _), (at, at1, at2) = times.host, times.device
     if compat.swap_first_moves:
-        x = _move(model, x, at1, w_model, abar(t1), abar(t1 - stride), size)
+        x = _move(model, x, at1, w_model, abar_m(t1), abar_m(t1 - stride), size)
         x = _move(video_model, x, at, w_video, abar(t), abar(t - stride))
     else:
-        x = _move(model, x, at, w_model, abar(t), abar(t - stride), size)
+        x = _move(model, x, at, w_model, abar_m(t), abar_m(t - stride), size)
         x = _move(video_model, x, at1, w_video, abar(t1), abar(t1 - stride))
-    x = _move(model, x, at2, -w_model, abar(t1 - stride), abar(t1), size)
+    x = _move(model, x, at2, -w_model, abar_m(t1 - stride), abar_m(t1), size)
     x = _move(video_model, x, at1, -w_video, abar(t - stride), abar(t))
     return x
 

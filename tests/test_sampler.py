@@ -38,15 +38,17 @@ def karras(b, e, n, rho):
     return [(b ** (1 / rho) + i / (n - 1) * (e ** (1 / rho) - b ** (1 / rho))) ** rho for i in range(n)]
 
 
-def reference_loop(x, n, gs, ib, ie, zz, isb, ise, vsb, vse, rho):
-    """docs/ALGORITHM.md written out directly (float64), including the DDIM main step."""
+def reference_loop(x, n, gs, ib, ie, zz, isb, ise, vsb, vse, rho, image_ac=None):
+    """docs/ALGORITHM.md written out directly (float64), including the DDIM main step; with ``image_ac``, the image
+    model's moves run between the noise levels of its own schedule."""
     sched = make_scheduler(n)
     ac = sched.alphas_cumprod.double()
     T = sched.config.num_train_timesteps
     D = T // n
 
-    def ab(s):
-        return ac[s].item() if s >= 0 else ac[0].item()
+    def ab(s, table=None):
+        table = ac if table is None else table
+        return table[s].item() if s >= 0 else table[0].item()
 
     def move(x, e, a_from, a_to):
         return math.sqrt(a_to) * (x - math.sqrt(1 - a_from) * e) / math.sqrt(a_from) + math.sqrt(1 - a_to) * e
@@ -56,10 +58,10 @@ def reference_loop(x, n, gs, ib, ie, zz, isb, ise, vsb, vse, rho):
     for i, t in enumerate(sched.timesteps.tolist()):
         t1, t2 = max(t - D, 0), max(t - 2 * D, 0)
         if ib <= i <= ie:
-            M, wM = (I, wI[i]) if i % zz < zz - 1 else (V, wV[i])
-            x = move(x, M(x, t, wM), ab(t), ab(t - D))
+            M, wM, acM = (I, wI[i], image_ac) if i % zz < zz - 1 else (V, wV[i], None)
+            x = move(x, M(x, t, wM), ab(t, acM), ab(t - D, acM))
             x = move(x, V(x, t1, wV[i]), ab(t1), ab(t1 - D))
-            x = move(x, M(x, t2, -wM), ab(t1 - D), ab(t1))
+            x = move(x, M(x, t2, -wM), ab(t1 - D, acM), ab(t1, acM))
             x = move(x, V(x, t1, -wV[i]), ab(t - D), ab(t))
         e = V(x, t, gs)
         x = move(x, e, ab(t), ab(t - D))  # DDIM, eta=0, final alpha = alphas_cumprod[0]
@@ -83,6 +85,32 @@ def test_sampler_matches_design_formulas(n, ib, ie, zz, isb, ise, vsb, vse, rho)
                           progress_bar=no_bar)
     want = reference_loop(x0.clone(), n, 7.5, ib, n - 1 if ie is None else ie, zz, isb, ise, vsb, vse, rho)
     assert torch.allclose(got, want, rtol=1e-9, atol=1e-9), (got - want).abs().max()
+
+
+def linear_beta_alphas():
+    """The cumulative alphas of the linear beta schedule (ComfyUI's ``sqrt_linear``, AnimateDiff's)."""
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear").alphas_cumprod.double()
+
+
+@pytest.mark.parametrize("zz", [1000, 3])
+def test_image_model_moves_between_its_own_schedules_noise_levels(zz):
+    torch.manual_seed(3)
+    x0 = torch.randn(1, 4, 3, 4, 4, dtype=torch.float64)
+    settings = IVMixedSettings(zz=zz, i_sigma_begin=2.0, i_sigma_end=6.0)
+    image_ac = linear_beta_alphas()
+    got = sample_iv_mixed(fake_eps("video"), fake_eps("image"), x0.clone(), make_scheduler(8), 7.5, settings,
+                          progress_bar=no_bar, image_alphas_cumprod=image_ac)
+    want = reference_loop(x0.clone(), 8, 7.5, 0, 7, zz, 2.0, 6.0, 4.0, 4.0, 7.0, image_ac=image_ac)
+    assert torch.allclose(got, want, rtol=1e-9, atol=1e-9), (got - want).abs().max()
+    one_schedule = reference_loop(x0.clone(), 8, 7.5, 0, 7, zz, 2.0, 6.0, 4.0, 4.0, 7.0)
+    assert (got - one_schedule).abs().max() > 1e-3  # the image model's schedule is used, not the main one
+
+
+def test_image_alphas_need_one_per_training_timestep():
+    x0 = torch.zeros(1, 4, 1, 2, 2)
+    with pytest.raises(ValueError, match=r"one cumulative alpha in \(0, 1\] per training timestep \(1000\), got 999"):
+        sample_iv_mixed(fake_eps("video"), fake_eps("image"), x0, make_scheduler(4), 7.5, IVMixedSettings(),
+                        progress_bar=no_bar, image_alphas_cumprod=linear_beta_alphas()[:999])
 
 
 def test_standard_sampling_is_plain_ddim():

@@ -4,7 +4,7 @@ named starting points. The page lays these out and the request logic words its e
 apart from both.
 """
 
-from typing import Any, Dict
+from typing import Any, Callable, Dict, Optional
 
 from ..config import SETTINGS
 from ..errors import SettingError, spell_names
@@ -151,16 +151,18 @@ PRESET_NOTES = {
 NO_LORA = "none"
 
 
-def _sentence(text: str) -> str:
-    """``text`` (a setting's help) as the page shows it: settings named by their labels, a capital, a full stop."""
-    text = spell_names(text.strip(), spell)
+def _sentence(text: str, spell_name: Optional[Callable[[str], str]] = None) -> str:
+    """``text`` (a setting's help) as the page shows it: settings named by their labels (or ``spell_name``), a
+    capital, a full stop."""
+    text = spell_names(text.strip(), spell_name or spell)
     text = text[:1].upper() + text[1:]
     return text if text.endswith(".") else text + "."
 
 
-def knob_info(name: str) -> str:
-    """The help sentence a knob shows: what it is (the setting's help) and which way it moves the trade-off."""
-    text = _sentence(SETTINGS[name].help)
+def knob_info(name: str, spell_name: Optional[Callable[[str], str]] = None) -> str:
+    """The help sentence a knob shows: what it is (the setting's help) and which way it moves the trade-off; other
+    settings it mentions are named by their labels on the page, or by ``spell_name`` (the ComfyUI node's inputs)."""
+    text = _sentence(SETTINGS[name].help, spell_name)
     direction = DIRECTIONS.get(name)
     return f"{text} {direction}" if direction and "favours" not in text else text
 
