@@ -114,21 +114,29 @@ def _check_latent(latent: Dict) -> None:
                          "use a latent without a mask")
 
 
-class IVMixedSampler:
+VIDEO_MODEL = ("MODEL", {"tooltip": "The video model: an SD 1.5 checkpoint with AnimateDiff-Evolved's motion model "
+                                   "applied."})
+
+
+class _SamplerNode:
+    """What both nodes are to ComfyUI: a sampler that returns one LATENT."""
+
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT",)
+
+
+class IVMixedSampler(_SamplerNode):
     """IV-mixed sampling: the video model samples, and before each step in the interval an image model (any SD 1.5
     checkpoint) and the video model make a zigzag of DDIM moves that lifts every frame's quality."""
 
     DESCRIPTION = __doc__
-    CATEGORY = CATEGORY
-    FUNCTION = "sample"
-    RETURN_TYPES = ("LATENT",)
     OUTPUT_TOOLTIPS = ("The IV-mixed latent of the video, for VAE Decode.",)
 
     @classmethod
     def INPUT_TYPES(cls):
         required = {
-            "video_model": ("MODEL", {"tooltip": "The video model: an SD 1.5 checkpoint with AnimateDiff-Evolved's "
-                                                 "motion model applied."}),
+            "video_model": VIDEO_MODEL,
             "image_model": ("MODEL", {"tooltip": "The image model: an SD 1.5 checkpoint loaded by a loader of its "
                                                  "own (not the video model's)."}),
             "video_positive": ("CONDITIONING", {"tooltip": "The prompt, for the video model."}),
@@ -167,20 +175,17 @@ class IVMixedSampler:
         return ({**latent_image, "samples": samples},)
 
 
-class IVMixedStandardSampler:
+class IVMixedStandardSampler(_SamplerNode):
     """The standard sample of the same noise: the video model alone, with the IV-mixed sampler's main steps (DDIM
     over the video model's schedule), to compare with the IV-mixed latent of the same seed."""
 
     DESCRIPTION = __doc__
-    CATEGORY = CATEGORY
-    FUNCTION = "sample"
-    RETURN_TYPES = ("LATENT",)
     OUTPUT_TOOLTIPS = ("The standard latent of the video, for VAE Decode.",)
 
     @classmethod
     def INPUT_TYPES(cls):
         required = {
-            "video_model": IVMixedSampler.INPUT_TYPES()["required"]["video_model"],
+            "video_model": VIDEO_MODEL,
             "video_positive": ("CONDITIONING", {"tooltip": "The prompt."}),
             "video_negative": ("CONDITIONING", {"tooltip": "The negative prompt."}),
         }
