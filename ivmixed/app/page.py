@@ -54,6 +54,20 @@ def build_ui(app: App):
                              label=LABELS[name], info=info, elem_id=f"knob-{name}")
         return gr.Number(value=value, label=LABELS.get(name, name), info=info, elem_id=f"knob-{name}")
 
+    def guide_file(name: str):
+        # a gr.File with no file_types (not a gr.Image or gr.Video): gradio would open or refuse a bad file itself,
+        # with a traceback in the log, where the run's check says in one line what the file is and what it takes
+        return gr.File(value=None, label=LABELS[name], type="filepath", file_count="single", elem_id=f"guide-{name}")
+
+    def guide_model(name: str, scale_name: str, value: str, scale: float, tiny_note: str, placeholder: str):
+        """A guiding model's source and strength (IP-Adapter, ControlNet), in one column."""
+        with gr.Column():
+            fields[name] = gr.Textbox(value=value, label=LABELS[name],
+                                      info=guide_info(name) + (" " + tiny_note if app.tiny else ""),
+                                      placeholder=placeholder, elem_id=f"guide-{name}")
+            fields[scale_name] = gr.Slider(0, 2, step=0.05, value=scale, label=LABELS[scale_name],
+                                           info=guide_info(scale_name), elem_id=f"guide-{scale_name}")
+
     with gr.Blocks(title="IV-mixed sampler", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         gr.Markdown("# IV-mixed sampler\nA video model samples the video while an image model refines every "
                     "frame. Each run also makes the standard video of the same seed, so the two can be compared."
@@ -104,43 +118,20 @@ def build_ui(app: App):
                                     f"- **{LABELS['controlnet_video']}**: {guide_info('controlnet_video')}",
                                     elem_classes="preset-note")
                         with gr.Row():
-                            # no file_types: gradio would refuse another kind with its own message and a traceback
-                            # in the log; the run's check says in one line what the file is and what it takes
-                            fields["init_video"] = gr.File(value=None, label=LABELS["init_video"], type="filepath",
-                                                           file_count="single", elem_id="guide-init_video")
+                            fields["init_video"] = guide_file("init_video")
                             fields["strength"] = gr.Slider(0.05, 1, step=0.05, value=start_values["strength"],
                                                            label=LABELS["strength"], info=guide_info("strength"),
                                                            elem_id="guide-strength")
                         with gr.Row():
-                            with gr.Column():
-                                fields["ip_adapter"] = gr.Textbox(
-                                    value=start_values["ip_adapter"] or "", label=LABELS["ip_adapter"],
-                                    info=guide_info("ip_adapter") + (" " + TINY_IP_ADAPTER_NOTE if app.tiny else ""),
-                                    placeholder="h94/IP-Adapter", elem_id="guide-ip_adapter")
-                                fields["ip_adapter_scale"] = gr.Slider(
-                                    0, 2, step=0.05, value=start_values["ip_adapter_scale"],
-                                    label=LABELS["ip_adapter_scale"], info=guide_info("ip_adapter_scale"),
-                                    elem_id="guide-ip_adapter_scale")
-                            # a gr.File, not a gr.Image: gr.Image opens the upload itself and fails on a bad file
-                            # with a traceback, where the run's check says in one line what is wrong with it
-                            fields["ip_adapter_image"] = gr.File(value=None, label=LABELS["ip_adapter_image"],
-                                                                 type="filepath", file_count="single",
-                                                                 elem_id="guide-ip_adapter_image")
+                            guide_model("ip_adapter", "ip_adapter_scale", start_values["ip_adapter"] or "",
+                                        start_values["ip_adapter_scale"], TINY_IP_ADAPTER_NOTE, "h94/IP-Adapter")
+                            fields["ip_adapter_image"] = guide_file("ip_adapter_image")
                         with gr.Row():
-                            with gr.Column():
-                                nets, scales = start_values["controlnet"], start_values["controlnet_scale"]
-                                fields["controlnet"] = gr.Textbox(
-                                    value=nets[0] if nets else "", label=LABELS["controlnet"],
-                                    info=guide_info("controlnet") + (" " + TINY_CONTROLNET_NOTE if app.tiny else ""),
-                                    placeholder="lllyasviel/control_v11p_sd15_openpose", elem_id="guide-controlnet")
-                                fields["controlnet_scale"] = gr.Slider(
-                                    0, 2, step=0.05, value=float(scales[0]) if scales else 1.0,
-                                    label=LABELS["controlnet_scale"], info=guide_info("controlnet_scale"),
-                                    elem_id="guide-controlnet_scale")
-                            # a gr.File, like the init video's: the run's check says what is wrong with a file
-                            fields["controlnet_video"] = gr.File(value=None, label=LABELS["controlnet_video"],
-                                                                 type="filepath", file_count="single",
-                                                                 elem_id="guide-controlnet_video")
+                            nets, scales = start_values["controlnet"], start_values["controlnet_scale"]
+                            guide_model("controlnet", "controlnet_scale", nets[0] if nets else "",
+                                        float(scales[0]) if scales else 1.0, TINY_CONTROLNET_NOTE,
+                                        "lllyasviel/control_v11p_sd15_openpose")
+                            fields["controlnet_video"] = guide_file("controlnet_video")
                         with gr.Row():
                             for name in ("control_guidance_start", "control_guidance_end"):
                                 fields[name] = gr.Slider(0, 1, step=0.05, value=start_values[name],
