@@ -140,3 +140,15 @@ def stock_components(pipe, stock_class):
     optional ones), to build the stock pipeline over the same modules."""
     taken = inspect.signature(stock_class.__init__).parameters
     return {name: module for name, module in pipe.components.items() if name in taken}
+
+
+def stock_pipeline(pipe, stock_class):
+    """diffusers' ``stock_class`` over ``pipe``'s components (:func:`stock_components`), its progress bar off."""
+    stock = stock_class(**stock_components(pipe, stock_class))
+    stock.set_progress_bar_config(disable=True)
+    return stock
+
+
+def video_frames(out):
+    """A pipeline output's videos: diffusers' ``frames``, or its first element where it is a tuple."""
+    return out.frames[0] if isinstance(out.frames, tuple) else out.frames

@@ -5,7 +5,7 @@ import torch
 from diffusers import AnimateDiffPipeline
 
 from ivmixed import IVMixedAnimateDiffPipeline
-from runs import reference_zigzag_run, stock_components
+from runs import reference_zigzag_run, stock_pipeline
 
 FRAMES, SIZE = 4, 64  # 8x8 latents
 
@@ -14,18 +14,12 @@ def initial_latents(seed=0):
     return torch.randn(1, 4, FRAMES, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(seed))
 
 
-def stock_pipeline(pipe):
-    stock = AnimateDiffPipeline(**stock_components(pipe, AnimateDiffPipeline))
-    stock.set_progress_bar_config(disable=True)
-    return stock
-
-
 @pytest.mark.parametrize("guidance_scale", [7.5, 1.0])
 def test_iv_mixed_off_equals_stock_animatediff(animatediff_pipe, guidance_scale):
     kwargs = dict(prompt="a horse", negative_prompt="blurry", num_frames=FRAMES, height=SIZE, width=SIZE,
                   num_inference_steps=3, guidance_scale=guidance_scale, output_type="latent")
     ours = animatediff_pipe(latents=initial_latents(), iv_mixed=False, **kwargs)
-    stock = stock_pipeline(animatediff_pipe)(latents=initial_latents(), **kwargs)
+    stock = stock_pipeline(animatediff_pipe, AnimateDiffPipeline)(latents=initial_latents(), **kwargs)
     assert torch.equal(ours.frames, stock.frames[0] if isinstance(stock.frames, tuple) else stock.frames)
     assert ours.network_calls == {"video": 3, "image": 0}
 
@@ -33,7 +27,7 @@ def test_iv_mixed_off_equals_stock_animatediff(animatediff_pipe, guidance_scale)
 def test_decoded_output_equals_stock(animatediff_pipe):
     kwargs = dict(prompt="a horse", num_frames=FRAMES, height=SIZE, width=SIZE, num_inference_steps=2, output_type="np")
     ours = animatediff_pipe(generator=torch.Generator().manual_seed(5), iv_mixed=False, **kwargs)
-    stock = stock_pipeline(animatediff_pipe)(generator=torch.Generator().manual_seed(5), **kwargs)
+    stock = stock_pipeline(animatediff_pipe, AnimateDiffPipeline)(generator=torch.Generator().manual_seed(5), **kwargs)
     assert ours.frames.shape == (1, FRAMES, SIZE, SIZE, 3)
     assert (ours.frames == stock.frames).all()
 

@@ -13,7 +13,7 @@ from ivmixed import IVMixedAnimateDiffSDXLPipeline, count_network_calls
 from ivmixed.sampler import IVMixedSettings
 from ivmixed.testing import save_tiny_animatediff_sdxl, save_tiny_sdxl
 
-from runs import files_of, only_record, reference_zigzag_run, run_main, stock_components
+from runs import files_of, only_record, reference_zigzag_run, run_main, stock_pipeline, video_frames
 
 FRAMES, SIZE = 3, 64  # 8x8 latents
 
@@ -43,16 +43,6 @@ def noise(videos=1, seed=0, frames=FRAMES):
     return torch.randn(videos, 4, frames, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(seed))
 
 
-def stock_pipeline(pipe):
-    stock = AnimateDiffSDXLPipeline(**stock_components(pipe, AnimateDiffSDXLPipeline))
-    stock.set_progress_bar_config(disable=True)
-    return stock
-
-
-def stock_frames(out):
-    return out.frames[0] if isinstance(out.frames, tuple) else out.frames
-
-
 # -- standard sampling is diffusers' -------------------------------------------------------------------------
 
 
@@ -63,11 +53,11 @@ def test_iv_mixed_off_equals_stock_animatediff_sdxl(sdxl_pipe, negative_prompt):
     for output_type in ("latent", "np"):
         ours = sdxl_pipe(latents=noise(), generator=torch.Generator().manual_seed(3), iv_mixed=False,
                          output_type=output_type, **kwargs)
-        stock = stock_pipeline(sdxl_pipe)(latents=noise(), generator=torch.Generator().manual_seed(3),
-                                          output_type=output_type, **kwargs)
+        stock = stock_pipeline(sdxl_pipe, AnimateDiffSDXLPipeline)(
+            latents=noise(), generator=torch.Generator().manual_seed(3), output_type=output_type, **kwargs)
         assert ours.network_calls == {"video": 3, "image": 0}
         if output_type == "latent":
-            assert torch.equal(ours.frames, stock_frames(stock))
+            assert torch.equal(ours.frames, video_frames(stock))
         else:
             assert ours.frames.shape == (1, FRAMES, SIZE, SIZE, 3) and (ours.frames == stock.frames).all()
 
@@ -76,8 +66,8 @@ def test_two_prompts_in_one_call_equal_stock(sdxl_pipe):
     kwargs = dict(prompt=["a horse", "a red boat"], negative_prompt=["blurry", "dark"], num_frames=FRAMES,
                   height=SIZE, width=SIZE, num_inference_steps=2, guidance_scale=8.0, output_type="latent")
     ours = sdxl_pipe(latents=noise(2), iv_mixed=False, **kwargs)
-    stock = stock_pipeline(sdxl_pipe)(latents=noise(2), **kwargs)
-    assert torch.equal(ours.frames, stock_frames(stock))
+    stock = stock_pipeline(sdxl_pipe, AnimateDiffSDXLPipeline)(latents=noise(2), **kwargs)
+    assert torch.equal(ours.frames, video_frames(stock))
 
 
 def test_loader_uses_ddim_over_linear_betas_and_shares_equal_text_encoders(sdxl_pipe):

@@ -174,6 +174,23 @@ def test_the_same_settings_again_come_from_the_history_the_command_line_shares(s
     assert manifest_lines(server.app.output_dir) == before
 
 
+def assert_uploads_refused_in_one_line(server, client, cases, prompt):
+    """Each of ``cases`` (message -> field values) is refused with its message, in one line that names an upload by
+    its own name (not Gradio's copy of it); nothing is written to the output folder."""
+    from gradio_client.exceptions import AppError
+
+    before = lines_of(server.app.output_dir)
+    for message, values in cases.items():
+        with pytest.raises(AppError) as info:
+            generate(client, **{"prompt": prompt, **values})
+        text = str(info.value).strip()
+        assert message in text, text
+        assert "\n" not in text and "Traceback" not in text
+        assert os.environ["GRADIO_TEMP_DIR"] not in text
+    assert lines_of(server.app.output_dir) == before
+    assert not any(prompt.replace(" ", "-") in name for name in os.listdir(server.app.output_dir))
+
+
 def test_bad_input_shows_one_line_and_the_server_keeps_serving(server):
     from gradio_client.exceptions import AppError
 
@@ -298,7 +315,6 @@ def test_a_tiny_ip_adapter_and_an_uploaded_image_prompt_make_both_videos(server,
 
 def test_bad_guiding_input_shows_one_line_naming_the_upload_and_the_server_keeps_serving(server, tmp_path):
     from gradio_client import handle_file
-    from gradio_client.exceptions import AppError
 
     client = server.client()
     notes = tmp_path / "notes.txt"
@@ -325,15 +341,7 @@ def test_bad_guiding_input_shows_one_line_naming_the_upload_and_the_server_keeps
         "a local folder of one (ivmixed.testing.save_tiny_ip_adapter)": {"ip_adapter": "h94/IP-Adapter",
                                                                          "ip_adapter_image": handle_file(image)},
     }
-    for message, values in cases.items():
-        with pytest.raises(AppError) as info:
-            generate(client, **{"prompt": "a guided bad one", **values})
-        text = str(info.value).strip()
-        assert message in text, text
-        assert "\n" not in text and "Traceback" not in text
-        assert os.environ["GRADIO_TEMP_DIR"] not in text  # the upload by its name, not Gradio's copy of it
-    assert lines_of(server.app.output_dir) == before
-    assert not any("a-guided-bad-one" in name for name in os.listdir(server.app.output_dir))
+    assert_uploads_refused_in_one_line(server, client, cases, "a guided bad one")
     rows = client.predict(None, None, api_name="/history")[0]["data"]  # still serving
     assert len(rows) == len(before)
     seed, *_, status = generate(client, prompt="still guided", seed=8, init_video=handle_file(video),
@@ -404,13 +412,11 @@ def test_a_tiny_controlnet_and_an_uploaded_control_video_make_both_videos(server
 
 def test_bad_controlnet_input_shows_one_line_and_makes_nothing(server, controlnet, tmp_path):
     from gradio_client import handle_file
-    from gradio_client.exceptions import AppError
 
     client = server.client()
     notes = tmp_path / "pose.txt"
     notes.write_text("not a video\n")
     video = write_video(tmp_path / "pose.mp4")
-    before = lines_of(server.app.output_dir)
     cases = {
         "\u201cControl video\u201d pose.txt (uploaded) is not a video this reads (.txt)": {
             "controlnet": controlnet, "controlnet_video": handle_file(str(notes))},
@@ -425,15 +431,7 @@ def test_bad_controlnet_input_shows_one_line_and_makes_nothing(server, controlne
         "a local folder of one (ivmixed.testing.save_tiny_controlnet)": {
             "controlnet": "lllyasviel/control_v11p_sd15_openpose", "controlnet_video": handle_file(video)},
     }
-    for message, values in cases.items():
-        with pytest.raises(AppError) as info:
-            generate(client, **{"prompt": "a controlled bad one", **values})
-        text = str(info.value).strip()
-        assert message in text, text
-        assert "\n" not in text and "Traceback" not in text
-        assert os.environ["GRADIO_TEMP_DIR"] not in text  # the upload by its name, not Gradio's copy of it
-    assert lines_of(server.app.output_dir) == before
-    assert not any("a-controlled-bad-one" in name for name in os.listdir(server.app.output_dir))
+    assert_uploads_refused_in_one_line(server, client, cases, "a controlled bad one")
 
 
 def test_the_controlnet_slot_becomes_one_value_of_each_setting(tmp_path, controlnet):

@@ -10,7 +10,7 @@ import PIL.Image
 import pytest
 import torch
 from diffusers import AnimateDiffControlNetPipeline
-from runs import files_of, only_record, reference_zigzag_run, run_main, stock_components
+from runs import files_of, only_record, reference_zigzag_run, run_main, stock_pipeline
 
 from ivmixed import count_network_calls
 from ivmixed.pipelines.control import controlnet_of
@@ -49,8 +49,7 @@ def control_tensor(frames, halves=2):
 @pytest.mark.parametrize("count", [1, 2])
 def test_iv_mixed_off_equals_stock_animatediff_controlnet(pipe_and_nets, count):
     pipe = with_nets(*pipe_and_nets[:1], pipe_and_nets[1][:count])
-    stock = AnimateDiffControlNetPipeline(**stock_components(pipe, AnimateDiffControlNetPipeline))
-    stock.set_progress_bar_config(disable=True)
+    stock = stock_pipeline(pipe, AnimateDiffControlNetPipeline)
     frames = control_frames() if count == 1 else [control_frames(0), control_frames(1)]
     kwargs = dict(prompt="a horse", negative_prompt="blurry", num_frames=FRAMES, height=SIZE, width=SIZE,
                   num_inference_steps=4, guidance_scale=7.5, output_type="latent", conditioning_frames=frames,

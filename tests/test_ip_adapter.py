@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from runs import stock_components
+from runs import stock_pipeline, video_frames
 from diffusers import AnimateDiffPipeline, AnimateDiffSDXLPipeline
 from PIL import Image
 from transformers import CLIPVisionModelWithProjection
@@ -45,10 +45,6 @@ def reference_image():
                            .to(torch.uint8).numpy())
 
 
-def frames_of(out):
-    return out.frames[0] if isinstance(out.frames, tuple) else out.frames
-
-
 @pytest.fixture(scope="module")
 def sd_pipe():
     """A tiny Animatediff pipeline of this module's own (loading an adapter changes it)."""
@@ -77,7 +73,7 @@ def loaded_sd(sd_adapter):
     pipe = tiny_pipeline("Animatediff")
     kwargs = dict(prompt="a horse", negative_prompt="blurry", num_frames=FRAMES, height=SIZE, width=SIZE,
                   num_inference_steps=2, guidance_scale=7.5, output_type="latent")
-    before = frames_of(AnimateDiffPipeline(**stock_components(pipe, AnimateDiffPipeline))(
+    before = video_frames(stock_pipeline(pipe, AnimateDiffPipeline)(
         latents=latents(), **kwargs))
     record = load_ip_adapter(pipe, sd_adapter, scale=0.7)
     return pipe, record, kwargs, before
@@ -244,12 +240,11 @@ def test_image_unet_takes_per_frame_image_embeds_and_follows_the_scale(loaded_sd
 @torch.no_grad()
 def test_stock_animatediff_call_with_an_image_prompt(loaded_sd):
     pipe, _, kwargs, before = loaded_sd
-    stock = AnimateDiffPipeline(**stock_components(pipe, AnimateDiffPipeline))
-    stock.set_progress_bar_config(disable=True)
-    with_image = frames_of(stock(latents=latents(), ip_adapter_image=reference_image(), **kwargs))
+    stock = stock_pipeline(pipe, AnimateDiffPipeline)
+    with_image = video_frames(stock(latents=latents(), ip_adapter_image=reference_image(), **kwargs))
     try:
         set_ip_adapter_scale(pipe, 0.0)
-        off = frames_of(stock(latents=latents(), ip_adapter_image=reference_image(), **kwargs))
+        off = video_frames(stock(latents=latents(), ip_adapter_image=reference_image(), **kwargs))
     finally:
         set_ip_adapter_scale(pipe, 0.7)
     assert torch.isfinite(with_image).all()
@@ -309,13 +304,12 @@ def test_sdxl_adapter_in_both_sdxl_unets_and_a_stock_call(sdxl_pipe, sdxl_adapte
     for name, proc in image.items():
         assert torch.equal(proc.to_v_ip[0].weight, video[name].to_v_ip[0].weight)
         assert proc.scale == video[name].scale == [1.0]
-    stock = AnimateDiffSDXLPipeline(**stock_components(sdxl_pipe, AnimateDiffSDXLPipeline))
-    stock.set_progress_bar_config(disable=True)
+    stock = stock_pipeline(sdxl_pipe, AnimateDiffSDXLPipeline)
     kwargs = dict(prompt="a horse", num_frames=FRAMES, height=SIZE, width=SIZE, num_inference_steps=2,
                   guidance_scale=8.0, output_type="latent", ip_adapter_image=reference_image())
-    on = frames_of(stock(latents=latents(), **kwargs))
+    on = video_frames(stock(latents=latents(), **kwargs))
     set_ip_adapter_scale(sdxl_pipe, 0.0)
-    off = frames_of(stock(latents=latents(), **kwargs))
+    off = video_frames(stock(latents=latents(), **kwargs))
     assert torch.isfinite(on).all() and not torch.allclose(on, off)
 
 

@@ -9,7 +9,7 @@ import PIL.Image
 import pytest
 import torch
 from diffusers import AnimateDiffPipeline, AnimateDiffSDXLPipeline
-from runs import files_of, only_record, reference_zigzag_run, run_main, stock_components
+from runs import files_of, only_record, reference_zigzag_run, run_main, stock_pipeline, video_frames
 
 from ivmixed.ip_adapter import load_ip_adapter
 from ivmixed.testing import save_tiny_ip_adapter, tiny_image_unet, tiny_pipeline
@@ -29,24 +29,19 @@ def ip_pipe(tmp_path_factory):
     return pipe
 
 
-def frames_of(out):
-    return out.frames[0] if isinstance(out.frames, tuple) else out.frames
-
-
 def noise(videos=1, seed=0):
     return torch.randn(videos, 4, FRAMES, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("output_type", ["latent", "np"])
 def test_iv_mixed_off_equals_stock_animatediff_with_the_ip_adapter(ip_pipe, output_type):
-    stock = AnimateDiffPipeline(**stock_components(ip_pipe, AnimateDiffPipeline))
-    stock.set_progress_bar_config(disable=True)
+    stock = stock_pipeline(ip_pipe, AnimateDiffPipeline)
     kwargs = dict(prompt="a horse", negative_prompt="blurry", num_frames=FRAMES, height=SIZE, width=SIZE,
                   num_inference_steps=3, guidance_scale=7.5, ip_adapter_image=image_prompt(), output_type=output_type)
     ours = ip_pipe(latents=noise(), iv_mixed=False, **kwargs)
     theirs = stock(latents=noise(), **kwargs)
     if output_type == "latent":
-        assert torch.equal(ours.frames, frames_of(theirs))
+        assert torch.equal(ours.frames, video_frames(theirs))
     else:
         assert (ours.frames == theirs.frames).all()
     other = ip_pipe(latents=noise(), iv_mixed=False, **{**kwargs, "ip_adapter_image": image_prompt(seed=7)})
@@ -121,11 +116,10 @@ def test_iv_mixed_with_an_image_prompt_matches_the_algorithm(ip_pipe):
 def test_sdxl_iv_mixed_off_equals_stock_and_the_image_unet_gets_the_embeddings(tmp_path):
     pipe = tiny_pipeline("AnimatediffSDXL")
     load_ip_adapter(pipe, save_tiny_ip_adapter(str(tmp_path / "ip"), pipe.image_unet), 0.6)
-    stock = AnimateDiffSDXLPipeline(**stock_components(pipe, AnimateDiffSDXLPipeline))
-    stock.set_progress_bar_config(disable=True)
+    stock = stock_pipeline(pipe, AnimateDiffSDXLPipeline)
     kwargs = dict(prompt="a horse", num_frames=FRAMES, height=SIZE, width=SIZE, num_inference_steps=2,
                   guidance_scale=8.0, ip_adapter_image=image_prompt(), output_type="latent")
-    assert torch.equal(pipe(latents=noise(), iv_mixed=False, **kwargs).frames, frames_of(stock(latents=noise(),
+    assert torch.equal(pipe(latents=noise(), iv_mixed=False, **kwargs).frames, video_frames(stock(latents=noise(),
                                                                                                 **kwargs)))
     calls, hook = record_image_embeds(pipe.image_unet)
     try:

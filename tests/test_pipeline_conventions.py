@@ -5,7 +5,7 @@ import inspect
 
 import pytest
 import torch
-from runs import stock_components
+from runs import stock_pipeline, video_frames
 from diffusers import AnimateDiffPipeline
 
 from ivmixed import IVMixedAnimateDiffPipeline, IVMixedModelScopePipeline, IVMixedVideoCrafterPipeline
@@ -27,20 +27,10 @@ def modelscope_pipe(tmp_path_factory):
     return pipe
 
 
-def stock_animatediff(pipe):
-    stock = AnimateDiffPipeline(**stock_components(pipe, AnimateDiffPipeline))
-    stock.set_progress_bar_config(disable=True)
-    return stock
-
-
 def animatediff_kwargs(**extra):
     latents = torch.randn(1, 4, FRAMES, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(0))
     return dict(prompt="a horse", negative_prompt="blurry", num_frames=FRAMES, height=SIZE, width=SIZE,
                 num_inference_steps=4, latents=latents, output_type="latent", **extra)
-
-
-def frames_of(out):
-    return out.frames[0] if isinstance(out.frames, tuple) else out.frames
 
 
 def test_animatediff_lists_the_stock_callback_tensors():
@@ -60,8 +50,9 @@ def test_callback_reads_and_replaces_tensors_as_in_stock_animatediff(animatediff
     ours_log, stock_log = [], []
     kwargs = animatediff_kwargs(callback_on_step_end_tensor_inputs=ALL_TENSORS)
     ours = animatediff_pipe(iv_mixed=False, callback_on_step_end=make_callback(ours_log), **kwargs)
-    stock = stock_animatediff(animatediff_pipe)(callback_on_step_end=make_callback(stock_log), **kwargs)
-    assert torch.equal(ours.frames, frames_of(stock))
+    stock = stock_pipeline(animatediff_pipe, AnimateDiffPipeline)(callback_on_step_end=make_callback(stock_log),
+                                                                  **kwargs)
+    assert torch.equal(ours.frames, video_frames(stock))
     assert len(ours_log) == len(stock_log) == 4
     for mine, theirs in zip(ours_log, stock_log):
         assert mine.keys() == theirs.keys() == set(ALL_TENSORS)
@@ -78,9 +69,10 @@ def test_interrupt_ends_the_loop_as_in_stock_animatediff(animatediff_pipe):
         return {}
 
     ours = animatediff_pipe(iv_mixed=False, callback_on_step_end=stop_after_step_1, **animatediff_kwargs())
-    stock = stock_animatediff(animatediff_pipe)(callback_on_step_end=stop_after_step_1, **animatediff_kwargs())
+    stock = stock_pipeline(animatediff_pipe, AnimateDiffPipeline)(callback_on_step_end=stop_after_step_1,
+                                                                  **animatediff_kwargs())
     assert animatediff_pipe.interrupt
-    assert torch.equal(ours.frames, frames_of(stock))
+    assert torch.equal(ours.frames, video_frames(stock))
     assert ours.network_calls == {"video": 2, "image": 0}
     # with IV-mixed on, two zigzag steps (image model each) and their main steps, then nothing
     mixed = animatediff_pipe(callback_on_step_end=stop_after_step_1, **animatediff_kwargs())

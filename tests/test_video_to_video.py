@@ -9,7 +9,7 @@ import PIL.Image
 import pytest
 import torch
 from diffusers import AnimateDiffVideoToVideoPipeline
-from runs import files_of, only_record, reference_zigzag_run, run_main, stock_components
+from runs import files_of, only_record, reference_zigzag_run, run_main, stock_pipeline, video_frames
 
 from ivmixed import count_network_calls
 from ivmixed.sampler import IVMixedSettings
@@ -23,16 +23,6 @@ def frames_of(seed=0, size=SIZE, count=FRAMES):
     return [PIL.Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(count)]
 
 
-def stock_v2v(pipe):
-    stock = AnimateDiffVideoToVideoPipeline(**stock_components(pipe, AnimateDiffVideoToVideoPipeline))
-    stock.set_progress_bar_config(disable=True)
-    return stock
-
-
-def stock_frames(out):
-    return out.frames[0] if isinstance(out.frames, tuple) else out.frames
-
-
 @pytest.mark.parametrize("negative_prompt", [None, "blurry"])
 def test_iv_mixed_off_equals_stock_animatediff_video_to_video(animatediff_pipe, negative_prompt):
     kwargs = dict(prompt="a horse", negative_prompt=negative_prompt, video=frames_of(), num_inference_steps=STEPS,
@@ -40,11 +30,11 @@ def test_iv_mixed_off_equals_stock_animatediff_video_to_video(animatediff_pipe, 
     for output_type in ("latent", "np"):
         ours = animatediff_pipe(iv_mixed=False, generator=torch.Generator().manual_seed(2), output_type=output_type,
                                 **kwargs)
-        stock = stock_v2v(animatediff_pipe)(generator=torch.Generator().manual_seed(2), output_type=output_type,
-                                            **kwargs)
+        stock = stock_pipeline(animatediff_pipe, AnimateDiffVideoToVideoPipeline)(
+            generator=torch.Generator().manual_seed(2), output_type=output_type, **kwargs)
         assert ours.network_calls == {"video": 4, "image": 0}  # the last 4 of 8 steps
         if output_type == "latent":
-            assert torch.equal(ours.frames, stock_frames(stock))
+            assert torch.equal(ours.frames, video_frames(stock))
         else:
             assert (ours.frames == stock.frames).all()
 
